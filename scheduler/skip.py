@@ -1,0 +1,186 @@
+"""The SkipDecode depth schedule (DESIGN.md §2).
+
+A token of depth ``D`` runs the warm-up layers ``[0, w)`` and then the top ``D - w`` layers
+``[L - (D - w), L)``. Prompt tokens run every layer; the ``g``-th generated token fed back into the
+model runs ``D(g) = clamp(round(D_max - (D_max - D_min) * g / T), D_min, D_max)`` layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+PRESET_DECAY_TOKENS = 32  # T used by speedup presets unless the caller picks one
+PRESET_DEPTH_RATIO = 1.5  # presets prefer D_max / D_min near this (a gentle linear decay)
+PRESET_TOLERANCE = 0.05  # a preset's speedup at N = T lands within 5% of the target
+
+
+@dataclass(frozen=True)
+class SkipConfig:
+    """What a user asks for: explicit knobs, or a target ``speedup`` resolved per model.
+
+    ``max_depth=None`` means every layer; ``min_depth=None`` means ``max_depth`` (no decay).
+    Values that need the model's layer count are checked again by :meth:`resolve`.
+    """
+
+    warmup_layers: int = 1
+    max_depth: int | None = None
+    min_depth: int | None = None
+    decay_tokens: int = PRESET_DECAY_TOKENS
+    speedup: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(_is_int(self.warmup_layers) and self.warmup_layers >= 0, "warmup_layers", ">= 0")
+        _check(_is_int(self.decay_tokens) and self.decay_tokens >= 1, "decay_tokens", ">= 1")
+        lowest = self.warmup_layers + 1
+        for name in ("max_depth", "min_depth"):
+            value = getattr(self, name)
+            _check(value is None or (_is_int(value) and value >= lowest), name, f">= {lowest}")
+        if self.max_depth is not None and self.min_depth is not None:
+            _check(self.min_depth <= self.max_depth, "min_depth", "<= max_depth")
+        if self.speedup is not None:
+            _check(
+                isinstance(self.speedup, (int, float)) and math.isfinite(self.speedup),
+                "speedup",
+                "a finite number",
+            )
+            _check(self.speedup >= 1.0, "speedup", ">= 1")
+            _check(
+                self.max_depth is None and self.min_depth is None,
+                "speedup",
+                "given alone (not together with max_depth/min_depth)",
+            )
+
+    @classmethod
+    def for_speedup(
+        cls, speedup: float, decay_tokens: int = PRESET_DECAY_TOKENS, warmup_layers: int = 1
+    ) -> SkipConfig:
+        """A preset for a target theoretical speedup (1x..5x); depths are chosen per model."""
+        return cls(warmup_layers=warmup_layers, decay_tokens=decay_tokens, speedup=speedup)
+
+    def resolve(self, num_layers: int) -> DepthSchedule:
+        """The concrete schedule for a model with ``num_layers`` decoder layers."""
+        if self.speedup is not None:
+            return preset_schedule(num_layers, self.speedup, self.decay_tokens, self.warmup_layers)
+        max_depth = num_layers if self.max_depth is None else self.max_depth
+        min_depth = max_depth if self.min_depth is None else self.min_depth
+        return DepthSchedule(num_layers, self.warmup_layers, max_depth, min_depth, self.decay_tokens)
+
+
+@dataclass(frozen=True)
+class DepthSchedule:
+    """A resolved schedule for one model: ``D(g)`` and the layers each depth runs."""
+
+    num_layers: int
+    warmup_layers: int
+    max_depth: int
+    min_depth: int
+    decay_tokens: int
+
+    def __post_init__(self) -> None:
+        L, w = self.num_layers, self.warmup_layers
+        _check(_is_int(L) and L >= 1, "num_layers", ">= 1")
+        if self.is_full_depth:
+            return
+        _check(_is_int(w) and 0 <= w < L, "warmup_layers", f"in [0, {L - 1}] for {L} layers")
+        _check(
+            w + 1 <= self.min_depth <= self.max_depth <= L,
+            "max_depth/min_depth",
+            f"within warmup_layers + 1 <= min_depth <= max_depth <= {L}"
+            f" (got min_depth={self.min_depth}, max_depth={self.max_depth})",
+        )
+        _check(_is_int(self.decay_tokens) and self.decay_tokens >= 1, "decay_tokens", ">= 1")
+
+    @classmethod
+    def full(cls, num_layers: int) -> DepthSchedule:
+        return cls(num_layers, 0, num_layers, num_layers, 1)
+
+    @property
+    def is_full_depth(self) -> bool:
+        return self.min_depth == self.num_layers and self.max_depth == self.num_layers
+
+    def depth(self, g: int) -> int:
+        """Depth of the ``g``-th generated token fed back into the model."""
+        decayed = self.max_depth - (self.max_depth - self.min_depth) * g / self.decay_tokens
+        return min(max(round(decayed), self.min_depth), self.max_depth)
+
+    def start_layer(self, depth: int) -> int:
+        """First layer a token of ``depth`` runs after the warm-up layers."""
+        return self.num_layers - (depth - self.warmup_layers)
+
+    def runs_layer(self, depth: int, layer: int) -> bool:
+        return layer < self.warmup_layers or layer >= self.start_layer(depth)
+
+    @cached_property
+    def _num_generated_running(self) -> tuple[float, ...]:
+        # For each layer, how many generated tokens run it. D(g) never increases, so they are
+        # a prefix g < limit; math.inf where every generated token runs the layer.
+        limits: list[float] = []
+        for layer in range(self.num_layers):
+            needed = 0 if layer < self.warmup_layers else self.num_layers - layer + self.warmup_layers
+            if needed <= self.min_depth:
+                limits.append(math.inf)
+                continue
+            g = 0
+            while self.depth(g) >= needed:
+                g += 1
+            limits.append(g)
+        return tuple(limits)
+
+    def layer_num_tokens(self, prompt_len: int, num_tokens: int) -> list[int]:
+        """Per layer, how many of a sequence's first ``num_tokens`` positions ran that layer.
+
+        These positions are always a prefix of the sequence (DESIGN.md §2).
+        """
+        num_generated = max(num_tokens - prompt_len, 0)
+        base = min(num_tokens, prompt_len)
+        return [base + int(min(num_generated, lim)) for lim in self._num_generated_running]
+
+    def theoretical_speedup(self, num_generated: int) -> float:
+        """``L * N / sum(D(g) for g < N)``, the paper's speedup figure."""
+        if num_generated <= 0:
+            return 1.0
+        total = sum(self.depth(g) for g in range(num_generated))
+        return self.num_layers * num_generated / total
+
+
+def preset_schedule(
+    num_layers: int, speedup: float, decay_tokens: int = PRESET_DECAY_TOKENS, warmup_layers: int = 1
+) -> DepthSchedule:
+    """The schedule whose theoretical speedup at ``N = decay_tokens`` is nearest ``speedup``.
+
+    Rule: among all integer pairs ``warmup + 1 <= D_min <= D_max <= L``, keep those within 5% of
+    the target, and pick the one whose ``D_max / D_min`` is closest to 1.5 (ties: smaller error).
+    1x is full depth. A target no pair reaches within 5% is an error.
+    """
+    if speedup <= 1.0:
+        return DepthSchedule.full(num_layers)
+    best: tuple[float, float, DepthSchedule] | None = None
+    closest = math.inf
+    for max_depth in range(warmup_layers + 1, num_layers + 1):
+        for min_depth in range(warmup_layers + 1, max_depth + 1):
+            sched = DepthSchedule(num_layers, warmup_layers, max_depth, min_depth, decay_tokens)
+            error = abs(sched.theoretical_speedup(decay_tokens) / speedup - 1)
+            closest = min(closest, error)
+            if error > PRESET_TOLERANCE:
+                continue
+            key = (abs(max_depth / min_depth - PRESET_DEPTH_RATIO), error, sched)
+            if best is None or key[:2] < best[:2]:
+                best = key
+    if best is None:
+        reachable = num_layers / (warmup_layers + 1)
+        raise ValueError(
+            f"SkipConfig.speedup={speedup:g} is not reachable for a model with {num_layers} layers"
+            f" and warmup_layers={warmup_layers} (at most {reachable:.2f}x)"
+        )
+    return best[2]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(ok: bool, name: str, requirement: str) -> None:
+    if not ok:
+        raise ValueError(f"SkipConfig.{name} must be {requirement}")

@@ -1,0 +1,1 @@
+"""skipdecode: LLM serving with SkipDecode (batched, KV-cached token-level layer skipping)."""
