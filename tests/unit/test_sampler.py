@@ -1,0 +1,305 @@
+"""Sampler tests: each batched result is checked against a slow per-row reference."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from skipdecode.model_runner.sampler import (
+    Sampler,
+    SamplingBatch,
+    apply_penalties,
+    filtered_probs,
+)
+from skipdecode.scheduler.sampling_params import SamplingParams
+
+CPU = torch.device("cpu")
+
+
+def make_batch(
+    params: list[SamplingParams],
+    vocab_size: int,
+    prompts: list[list[int]] | None = None,
+    outputs: list[list[int]] | None = None,
+    generators: list[torch.Generator | None] | None = None,
+) -> SamplingBatch:
+    """A batch with empty histories and fresh generators for seeded rows unless given."""
+    num_rows = len(params)
+    if generators is None:
+        generators = [
+            None if p.seed is None else torch.Generator(CPU).manual_seed(p.seed) for p in params
+        ]
+    return SamplingBatch.build(
+        params,
+        prompts if prompts is not None else [[] for _ in range(num_rows)],
+        outputs if outputs is not None else [[] for _ in range(num_rows)],
+        generators,
+        vocab_size,
+        CPU,
+    )
+
+
+def random_logits(num_rows: int, vocab_size: int, seed: int, scale: float = 3.0) -> torch.Tensor:
+    return torch.randn(num_rows, vocab_size, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+# ---- per-row references: plain loops, one token at a time ----
+
+
+def ref_penalize(
+    row: torch.Tensor, params: SamplingParams, prompt: list[int], output: list[int]
+) -> torch.Tensor:
+    """Penalties for one row, with the same fp32 operations per token as the batched code."""
+    row = row.clone()
+    rep = torch.tensor(params.repetition_penalty, dtype=torch.float32)
+    freq = torch.tensor(params.frequency_penalty, dtype=torch.float32)
+    pres = torch.tensor(params.presence_penalty, dtype=torch.float32)
+    for token in set(prompt) | set(output):
+        row[token] = row[token] / rep if row[token] > 0 else row[token] * rep
+    for token, count in Counter(output).items():
+        row[token] = row[token] - freq * torch.tensor(float(count)) - pres
+    return row
+
+
+def ref_allowed(row: torch.Tensor, params: SamplingParams) -> set[int]:
+    """Token ids a random row may draw: temperature, top-k, top-p, then min-p, in float64."""
+    order = sorted(range(len(row)), key=lambda t: -float(row[t]))
+    logits = row.double() / params.temperature
+    if params.top_k > 0:
+        order = order[: params.top_k]
+    probs = logits[order].softmax(dim=0).tolist()  # renormalized over the top-k
+    kept, mass = [], 0.0
+    for token, prob in zip(order, probs, strict=True):
+        if mass >= params.top_p:
+            break
+        kept.append((token, prob))
+        mass += prob
+    max_prob = kept[0][1]
+    return {token for token, prob in kept if prob >= params.min_p * max_prob}
+
+
+# ---- greedy and penalties ----
+
+
+def test_greedy_rows_take_the_argmax() -> None:
+    logits = random_logits(6, 50, seed=0)
+    batch = make_batch([SamplingParams(temperature=0.0)] * 6, 50)
+    out = Sampler()(logits, batch)
+    assert torch.equal(out.token_ids, logits.argmax(dim=-1))
+    assert out.token_ids.dtype == torch.int64
+    assert out.logprobs is None and out.top_token_ids is None and out.top_logprobs is None
+
+
+def test_penalties_match_per_row_reference_exactly() -> None:
+    vocab_size = 40
+    params = [
+        SamplingParams(repetition_penalty=1.3),
+        SamplingParams(repetition_penalty=0.7, frequency_penalty=0.5),
+        SamplingParams(presence_penalty=1.1, frequency_penalty=-0.3),
+        SamplingParams(),  # no penalties in a batch that has them
+        SamplingParams(repetition_penalty=2.0, presence_penalty=-2.0, frequency_penalty=2.0),
+        SamplingParams(temperature=0.0, repetition_penalty=1.5, frequency_penalty=0.2),
+    ]
+    prompts = [[1, 2, 3, 3], [5, 6], [], [7, 8, 9], [0, 39, 39, 4], [10] * 12]
+    outputs = [[3, 4, 4], [6, 6, 6, 11], [2, 2, 20], [1], [], [10, 12, 12, 12, 13]]
+    logits = random_logits(len(params), vocab_size, seed=1)
+    original = logits.clone()
+    batch = make_batch(params, vocab_size, prompts, outputs)
+    penalized = apply_penalties(logits, batch)
+    expected = torch.stack(
+        [ref_penalize(logits[i], params[i], prompts[i], outputs[i]) for i in range(len(params))]
+    )
+    assert torch.equal(penalized, expected)
+    assert not torch.equal(penalized, logits)
+    assert torch.equal(logits, original)  # the caller's logits stay untouched
+    # Greedy rows take the argmax of the penalized logits.
+    out = Sampler()(logits, batch)
+    assert out.token_ids[5] == expected[5].argmax()
+
+
+def test_no_penalties_skips_the_work() -> None:
+    batch = make_batch([SamplingParams()] * 2, 10, [[1, 2], [3]], [[4], [5, 5]])
+    assert batch.output_counts is None and batch.is_seen is None
+    logits = random_logits(2, 10, seed=2)
+    assert apply_penalties(logits, batch) is logits
+
+
+# ---- filtering: top-k, top-p, min-p ----
+
+FILTER_PARAMS = [
+    SamplingParams(top_k=5),
+    SamplingParams(top_p=0.6),
+    SamplingParams(min_p=0.1),
+    SamplingParams(top_k=10, top_p=0.8),
+    SamplingParams(temperature=0.5, top_p=0.9, min_p=0.05),
+    SamplingParams(temperature=2.0, top_k=20, top_p=0.7, min_p=0.2),
+    SamplingParams(top_p=1e-9),  # only the top token, though 1 - top_p rounds to 1 in fp32
+    SamplingParams(),  # nothing filtered
+    SamplingParams(temperature=0.0, top_k=3),  # greedy rows ignore filters
+]
+
+
+def test_filtered_probs_keep_the_reference_sets() -> None:
+    vocab_size = 64
+    logits = random_logits(len(FILTER_PARAMS), vocab_size, seed=3)
+    probs = filtered_probs(logits, make_batch(FILTER_PARAMS, vocab_size))
+    for i, params in enumerate(FILTER_PARAMS):
+        if params.is_greedy:
+            continue
+        kept = set(torch.nonzero(probs[i]).flatten().tolist())
+        assert kept == ref_allowed(logits[i], params), f"row {i}: {params}"
+    assert len(set(torch.nonzero(probs[6]).flatten().tolist())) == 1
+    assert torch.count_nonzero(probs[7]) == vocab_size
+
+
+def test_draws_stay_inside_the_allowed_sets() -> None:
+    vocab_size, num_draws = 32, 2000
+    params = [p for p in FILTER_PARAMS if not p.is_greedy]
+    logits = random_logits(len(params), vocab_size, seed=4)
+    # Each row repeated num_draws times, so one call gives many independent draws per row.
+    torch.manual_seed(0)
+    batch = make_batch([p for p in params for _ in range(num_draws)], vocab_size)
+    token_ids = Sampler()(logits.repeat_interleave(num_draws, dim=0), batch).token_ids
+    for i, row_params in enumerate(params):
+        drawn = set(token_ids[i * num_draws : (i + 1) * num_draws].tolist())
+        allowed = ref_allowed(logits[i], row_params)
+        assert drawn <= allowed, f"row {i}: {row_params}"
+        assert len(drawn) >= min(len(allowed), 2)  # it really samples, not just argmax
+
+
+# ---- temperature and distribution ----
+
+
+def test_very_low_temperature_equals_argmax() -> None:
+    logits = random_logits(8, 100, seed=5)
+    torch.manual_seed(0)
+    out = Sampler()(logits, make_batch([SamplingParams(temperature=1e-4)] * 8, 100))
+    assert torch.equal(out.token_ids, logits.argmax(dim=-1))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(temperature=0.7), SamplingParams(temperature=1.5, top_k=6, top_p=0.9)],
+)
+def test_draws_follow_the_filtered_softmax(params: SamplingParams) -> None:
+    vocab_size, num_draws = 8, 20000
+    logits = random_logits(1, vocab_size, seed=6, scale=1.0)
+    allowed = sorted(ref_allowed(logits[0], params))
+    expected = torch.zeros(vocab_size, dtype=torch.float64)
+    expected[allowed] = (logits[0, allowed].double() / params.temperature).softmax(dim=0)
+    torch.manual_seed(1)
+    batch = make_batch([params] * num_draws, vocab_size)
+    token_ids = Sampler()(logits.expand(num_draws, -1), batch).token_ids
+    counts = torch.bincount(token_ids, minlength=vocab_size).double()
+    assert counts[expected == 0].sum() == 0
+    observed, predicted = counts[allowed], expected[allowed] * num_draws
+    chi_square = ((observed - predicted) ** 2 / predicted).sum().item()
+    # 99.9th percentile of chi-square with 7 degrees of freedom (the most this test has).
+    assert chi_square < 24.3
+
+
+# ---- seeds ----
+
+
+def run_steps(params: list[SamplingParams], logits: list[torch.Tensor]) -> torch.Tensor:
+    """Sample several steps with generators kept across steps, as the runner does."""
+    generators = [
+        None if p.seed is None else torch.Generator(CPU).manual_seed(p.seed) for p in params
+    ]
+    sampler, vocab_size = Sampler(), logits[0].shape[-1]
+    batch = make_batch(params, vocab_size, generators=generators)
+    return torch.stack([sampler(step_logits, batch).token_ids for step_logits in logits], dim=1)
+
+
+def test_same_seed_gives_same_tokens_in_any_batch() -> None:
+    vocab_size, num_steps = 1000, 5
+    seeded = SamplingParams(temperature=1.0, top_k=200, seed=1234)
+    others = [
+        SamplingParams(temperature=0.8),
+        SamplingParams(temperature=0.0),
+        SamplingParams(seed=99),
+        SamplingParams(top_p=0.5),
+        SamplingParams(seed=1234, temperature=0.5),
+        SamplingParams(min_p=0.1),
+        SamplingParams(),
+    ]
+    steps = [random_logits(8, vocab_size, seed=10 + s, scale=0.5) for s in range(num_steps)]
+    alone = run_steps([seeded], [s[3:4] for s in steps])
+    in_batch = run_steps(others[:3] + [seeded] + others[3:], steps)
+    torch.manual_seed(7)  # a different global RNG state must not matter either
+    in_other_batch = run_steps([seeded] + others[:2], [s[[3, 0, 1]] for s in steps])
+    assert torch.equal(alone[0], in_batch[3])
+    assert torch.equal(alone[0], in_other_batch[0])
+    different_seed = run_steps([SamplingParams(top_k=200, seed=4321)], [s[3:4] for s in steps])
+    assert not torch.equal(alone[0], different_seed[0])
+
+
+# ---- logprobs ----
+
+
+def test_logprobs_are_raw_log_softmax() -> None:
+    vocab_size = 50
+    params = [
+        SamplingParams(temperature=0.0, repetition_penalty=1.8, logprobs=3),
+        SamplingParams(temperature=1.3, top_k=5, presence_penalty=1.0, logprobs=5, seed=0),
+        SamplingParams(temperature=0.7, logprobs=0),
+        SamplingParams(temperature=0.9),  # asks for none
+    ]
+    logits = random_logits(len(params), vocab_size, seed=7)
+    batch = make_batch(params, vocab_size, [[1, 2, 3]] * 4, [[4, 5]] * 4)
+    out = Sampler()(logits, batch)
+    raw = logits.log_softmax(dim=-1)
+    assert out.logprobs is not None and out.top_logprobs is not None
+    assert out.top_token_ids is not None
+    assert torch.equal(out.logprobs, raw.gather(1, out.token_ids.unsqueeze(1)).squeeze(1))
+    assert out.top_logprobs.shape == out.top_token_ids.shape == (len(params), 5)
+    assert torch.equal(out.top_logprobs, raw.gather(1, out.top_token_ids))
+    assert torch.all(out.top_logprobs[:, :-1] >= out.top_logprobs[:, 1:])
+    assert torch.equal(out.top_token_ids[:, 0], logits.argmax(dim=-1))
+    assert torch.allclose(out.top_logprobs, raw.topk(5, dim=-1).values)
+    assert ((out.token_ids >= 0) & (out.token_ids < vocab_size)).all()
+
+
+# ---- mixed batch ----
+
+MIXED_PARAMS = [
+    SamplingParams(temperature=0.0),
+    SamplingParams(temperature=0.0, repetition_penalty=1.4, logprobs=2),
+    SamplingParams(temperature=0.0, frequency_penalty=0.8, presence_penalty=0.3),
+    SamplingParams(temperature=0.0, top_k=3, top_p=0.5),
+    SamplingParams(seed=1),
+    SamplingParams(seed=2, temperature=0.6, top_k=10),
+    SamplingParams(seed=3, top_p=0.8, logprobs=4),
+    SamplingParams(seed=4, min_p=0.1, repetition_penalty=1.2),
+    SamplingParams(seed=5, temperature=1.5, top_k=8, top_p=0.9, min_p=0.05),
+    SamplingParams(seed=6, frequency_penalty=-0.5),
+    SamplingParams(seed=7, temperature=1e-3),
+    SamplingParams(seed=8, presence_penalty=2.0, top_k=1),
+    SamplingParams(),
+    SamplingParams(temperature=0.9, top_p=0.7),
+    SamplingParams(min_p=0.3, logprobs=1),
+    SamplingParams(top_k=4, repetition_penalty=0.8),
+]
+
+
+def test_mixed_batch_rows_equal_single_row_results() -> None:
+    vocab_size, num_rows = 128, len(MIXED_PARAMS)
+    logits = random_logits(num_rows, vocab_size, seed=8)
+    prompts = [[(3 * i + j) % vocab_size for j in range(5 + i)] for i in range(num_rows)]
+    outputs = [[(7 * i + j * j) % vocab_size for j in range(i % 4)] for i in range(num_rows)]
+    sampler = Sampler()
+    batched = sampler(logits, make_batch(MIXED_PARAMS, vocab_size, prompts, outputs))
+    assert batched.top_token_ids is not None and batched.top_token_ids.shape == (num_rows, 4)
+    for i, params in enumerate(MIXED_PARAMS):
+        single_batch = make_batch([params], vocab_size, prompts[i : i + 1], outputs[i : i + 1])
+        single = sampler(logits[i : i + 1], single_batch)
+        if params.is_greedy or params.seed is not None:
+            assert batched.token_ids[i] == single.token_ids[0], f"row {i}: {params}"
+        if params.logprobs is not None:
+            assert single.top_logprobs is not None and batched.top_logprobs is not None
+            n = params.logprobs
+            assert torch.equal(batched.top_logprobs[i, :n], single.top_logprobs[0, :n])
+        if not params.is_greedy:
+            penalized = apply_penalties(logits[i : i + 1], single_batch)[0]
+            assert int(batched.token_ids[i]) in ref_allowed(penalized, params), f"row {i}"
