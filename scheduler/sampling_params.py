@@ -39,7 +39,9 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
-        _check(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", "must be >= 1")
+        _check(
+            isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", "must be >= 1"
+        )
         _check(_finite(self.temperature) and self.temperature >= 0, "temperature", "must be >= 0")
         _check(_finite(self.top_p) and 0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         _check(isinstance(self.top_k, int), "top_k", "must be an integer (<= 0 disables it)")
@@ -53,7 +55,9 @@ class SamplingParams:
             value = getattr(self, name)
             _check(_finite(value) and -2 <= value <= 2, name, "must be in [-2, 2]")
         _check(self.seed is None or isinstance(self.seed, int), "seed", "must be an integer")
-        _check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings")
+        _check(
+            all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"
+        )
         _check(
             all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
             "stop_token_ids",

@@ -65,7 +65,9 @@ class SkipConfig:
             return preset_schedule(num_layers, self.speedup, self.decay_tokens, self.warmup_layers)
         max_depth = num_layers if self.max_depth is None else self.max_depth
         min_depth = max_depth if self.min_depth is None else self.min_depth
-        return DepthSchedule(num_layers, self.warmup_layers, max_depth, min_depth, self.decay_tokens)
+        return DepthSchedule(
+            num_layers, self.warmup_layers, max_depth, min_depth, self.decay_tokens
+        )
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,9 @@ class DepthSchedule:
         # a prefix g < limit; math.inf where every generated token runs the layer.
         limits: list[float] = []
         for layer in range(self.num_layers):
-            needed = 0 if layer < self.warmup_layers else self.num_layers - layer + self.warmup_layers
+            needed = (
+                0 if layer < self.warmup_layers else self.num_layers - layer + self.warmup_layers
+            )
             if needed <= self.min_depth:
                 limits.append(math.inf)
                 continue

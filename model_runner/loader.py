@@ -1,0 +1,95 @@
+"""Build a model from a checkpoint: registry lookup, then a short generic weight loader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from skipdecode.model_runner.models import model_class_for
+from skipdecode.model_runner.weights import iter_weights
+
+# Checkpoint tensors that carry no parameters of ours.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def build_model(config, path: str | None, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Instantiate ``config``'s architecture and load weights from ``path`` (None: random)."""
+    model_cls = model_class_for(config)
+    with torch.device("meta"):
+        model = model_cls(config)
+    model = model.to_empty(device=device).to(dtype)
+    if path is None:
+        _init_random(model)
+    else:
+        load_weights(model, iter_weights(path))
+    _rebuild_buffers(model, config, device)
+    return model.eval()
+
+
+def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Copy checkpoint tensors into the model by Hugging Face name; fail loudly on any mismatch."""
+    params = dict(model.named_parameters())  # tied weights appear once, under their first name
+    tied_aliases = _tied_aliases(model)
+    loaded: set[str] = set()
+    for name, tensor in weights:
+        name = _normalize(name, params)
+        name = tied_aliases.get(name, name)
+        if name.endswith(_IGNORED_SUFFIXES):
+            continue
+        if name not in params:
+            raise ValueError(f"checkpoint tensor {name!r} has no matching model parameter")
+        param = params[name]
+        if tuple(param.shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)},"
+                f" the model expects {tuple(param.shape)}"
+            )
+        with torch.no_grad():
+            param.copy_(tensor)
+        loaded.add(name)
+    missing = sorted(set(params) - loaded)
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s): {shown}")
+
+
+def _normalize(name: str, params: dict) -> str:
+    # Some OPT checkpoints omit the "model." prefix ("decoder.layers.0...").
+    if name not in params and f"model.{name}" in params:
+        return f"model.{name}"
+    return name
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Map the second name of each tied parameter (e.g. lm_head.weight) to its first name."""
+    first_name: dict[int, str] = {}
+    aliases = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first_name:
+            aliases[name] = first_name[id(param)]
+        else:
+            first_name[id(param)] = name
+    return aliases
+
+
+def _init_random(model: nn.Module) -> None:
+    # Small normal weights, unit norms: a well-behaved random model for tests and benchmarks.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                param.fill_(1.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                values = torch.randn(param.shape, generator=generator) * 0.02
+                param.copy_(values.to(param.dtype))
+
+
+def _rebuild_buffers(model: nn.Module, config, device: torch.device) -> None:
+    # Buffers (RoPE tables) were created on the meta device; recompute them for real, in fp32.
+    for module in model.modules():
+        if hasattr(module, "rebuild"):
+            module.rebuild(config, device)

