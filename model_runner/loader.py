@@ -20,6 +20,7 @@ def build_model(config, path: str | None, dtype: torch.dtype, device: torch.devi
     with torch.device("meta"):
         model = model_cls(config)
     model = model.to_empty(device=device).to(dtype)
+    model.tie_weights()  # moving off the meta device unties shared parameters
     if path is None:
         _init_random(model)
     else:

@@ -1,21 +1,31 @@
-"""skipdecode: LLM serving with SkipDecode (batched, KV-cached token-level layer skipping)."""
+"""skipdecode: LLM serving with SkipDecode (batched, KV-cached token-level layer skipping).
 
-from skipdecode.config import CacheConfig, EngineConfig, ModelConfig
-from skipdecode.engine import Engine
-from skipdecode.llm import LLM
-from skipdecode.outputs import RequestOutput
-from skipdecode.scheduler import SamplingParams, SchedulerConfig, SkipConfig
+Names are imported lazily, so ``skipdecode.scheduler`` and ``skipdecode.kv_cache`` stay free
+of torch when used alone.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "LLM",
-    "CacheConfig",
-    "Engine",
-    "EngineConfig",
-    "ModelConfig",
-    "RequestOutput",
-    "SamplingParams",
-    "SchedulerConfig",
-    "SkipConfig",
-]
+_EXPORTS = {
+    "LLM": "skipdecode.llm",
+    "CacheConfig": "skipdecode.config",
+    "EngineConfig": "skipdecode.config",
+    "ModelConfig": "skipdecode.config",
+    "Engine": "skipdecode.engine",
+    "RequestOutput": "skipdecode.outputs",
+    "SamplingParams": "skipdecode.scheduler",
+    "SchedulerConfig": "skipdecode.scheduler",
+    "SkipConfig": "skipdecode.scheduler",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'skipdecode' has no attribute {name!r}")

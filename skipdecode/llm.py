@@ -73,10 +73,14 @@ class LLM:
             prompts = [prompts]
         params = _per_prompt(sampling_params, len(prompts), "sampling_params")
         skips = _per_prompt(skip, len(prompts), "skip")
-        request_ids = [
-            self.engine.add_request(prompt, p or SamplingParams(), s)
-            for prompt, p, s in zip(prompts, params, skips)
-        ]
+        request_ids: list[str] = []
+        try:
+            for prompt, p, s in zip(prompts, params, skips):
+                request_ids.append(self.engine.add_request(prompt, p or SamplingParams(), s))
+        except ValueError:
+            for request_id in request_ids:  # all or nothing: leave no half-added batch behind
+                self.engine.abort_request(request_id)
+            raise
         finals: dict[str, RequestOutput] = {}
         while self.engine.has_unfinished_requests():
             for output in self.engine.step():

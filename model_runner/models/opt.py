@@ -112,7 +112,11 @@ class OPTForCausalLM(nn.Module):
         self.config = config
         self.model = OPTModel(config)
         self.lm_head = nn.Linear(config.word_embed_proj_dim, config.vocab_size, bias=False)
-        if getattr(config, "tie_word_embeddings", True):
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share the LM head with the input embedding when the config says so."""
+        if getattr(self.config, "tie_word_embeddings", True):
             self.lm_head.weight = self.model.decoder.embed_tokens.weight
 
     @property
