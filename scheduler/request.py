@@ -44,6 +44,7 @@ class Request:
     schedule: DepthSchedule
     eos_token_ids: frozenset[int] = frozenset()
     arrival_time: float = field(default_factory=time.monotonic)
+    first_scheduled_time: float | None = None  # when it first ran (queue time = this - arrival)
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[TokenLogprobs] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)

