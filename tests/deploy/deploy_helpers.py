@@ -92,6 +92,14 @@ def exported_series(metrics: Metrics) -> dict[str, list]:
     return series
 
 
+def family(sample_name: str) -> str:
+    """The metric a sample belongs to: its name less _total, _bucket, _sum or _count."""
+    for suffix in ("_total", "_bucket", "_sum", "_count"):
+        if sample_name.endswith(suffix):
+            return sample_name.removesuffix(suffix)
+    return sample_name
+
+
 def metric_names(expr: str) -> set[str]:
     return set(NAME_RE.findall(expr))
 
