@@ -1,4 +1,4 @@
-"""The ``skipdecode`` command: ``generate`` (and the other subcommands as they land)."""
+"""The ``skipdecode`` command: ``generate`` one prompt, or ``serve`` the OpenAI-compatible API."""
 
 from __future__ import annotations
 
@@ -29,7 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
     cli_args.add_engine_args(gen)
     cli_args.add_sampling_args(gen)
     gen.set_defaults(func=run_generate)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the OpenAI-compatible HTTP API",
+        description="Serve /v1/completions, /v1/chat/completions and friends (docs/api.md).",
+    )
+    cli_args.add_engine_args(serve)
+    cli_args.add_server_args(serve)
+    serve.set_defaults(func=run_serve)
     return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from skipdecode.server.launcher import run_server
+
+    return run_server(cli_args.engine_config(args), cli_args.server_config(args))
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from skipdecode.config import CacheConfig, EngineConfig, ModelConfig
 from skipdecode.scheduler import SamplingParams, SchedulerConfig, SkipConfig
+from skipdecode.server.config import ServerConfig
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +41,56 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="fraction of free GPU memory for the KV pool (CUDA)",
     )
     add_skip_args(parser)
+
+
+DEFAULT_SERVED_NAME = "SmolLM2-135M-Instruct"  # what clients call the default model
+API_KEY_ENV = "SKIPDECODE_API_KEY"
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("HTTP server")
+    group.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    group.add_argument("--port", type=int, default=8000, help="port to listen on")
+    group.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        help="name(s) clients use as `model`; the first is reported (default: --model,"
+        f" or {DEFAULT_SERVED_NAME})",
+    )
+    group.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require `Authorization: Bearer KEY` on /v1/* (default: ${API_KEY_ENV})",
+    )
+    group.add_argument(
+        "--max-queue-len",
+        type=int,
+        default=None,
+        help="waiting requests beyond which new ones get 503 (default: no limit)",
+    )
+    group.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=10.0,
+        help="seconds in-flight requests get to finish after SIGTERM, then they are aborted",
+    )
+    group.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    names = args.served_model_name or [args.model or DEFAULT_SERVED_NAME]
+    return ServerConfig(
+        served_model_names=tuple(names),
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        max_queue_len=args.max_queue_len,
+        shutdown_timeout=args.shutdown_timeout,
+        log_level=args.log_level,
+    )
 
 
 def add_skip_args(parser: argparse.ArgumentParser) -> None:

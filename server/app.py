@@ -1,0 +1,167 @@
+"""The FastAPI app: engine lifecycle, auth, and the routes (handlers live in serving_*.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import skipdecode
+from skipdecode.async_engine import AsyncEngine
+from skipdecode.config import EngineConfig
+from skipdecode.server.config import ServerConfig
+from skipdecode.server.engine_client import EngineClient
+from skipdecode.server.errors import APIError, install_error_handlers
+from skipdecode.server.metrics import Metrics
+from skipdecode.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+)
+from skipdecode.server.serving_chat import create_chat_completion
+from skipdecode.server.serving_completions import create_completion
+from skipdecode.server.serving_tokens import detokenize, tokenize
+
+logger = logging.getLogger(__name__)
+PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/internal/")
+
+
+def build_app(engine_config: EngineConfig, server_config: ServerConfig) -> FastAPI:
+    """The app; its lifespan loads the model, starts the engine thread and stops it again."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from skipdecode.engine import Engine  # torch: imported when the server starts
+
+        engine = await asyncio.to_thread(Engine, engine_config)
+        metrics = Metrics(server_config.model_name)  # its own registry: one per app
+        async_engine = AsyncEngine(
+            engine,
+            max_queue_len=server_config.max_queue_len,
+            step_loggers=[metrics.observe_step],
+            request_loggers=[metrics.observe_request],
+        )
+        async_engine.start()
+        app.state.client = EngineClient(async_engine, server_config)
+        app.state.metrics = metrics
+        app.state.loop = asyncio.get_running_loop()
+        logger.info("serving %s (%d layers)", server_config.model_name, engine.num_layers)
+        try:
+            yield
+        finally:
+            app.state.client.abort_all()
+            await asyncio.to_thread(async_engine.shutdown)
+
+    app = FastAPI(title="skipdecode", version=skipdecode.__version__, lifespan=lifespan)
+    app.state.server_config = server_config
+    install_error_handlers(app)
+    app.include_router(_open_routes())
+    app.include_router(_api_routes(server_config))
+    if server_config.api_key is not None:
+        app.add_middleware(_APIKeyMiddleware, api_key=server_config.api_key)
+    return app
+
+
+def begin_shutdown(app: FastAPI, timeout: float) -> None:
+    """Start draining (safe to call from a signal handler on the event loop's thread)."""
+    client, loop = getattr(app.state, "client", None), getattr(app.state, "loop", None)
+    if client is not None and loop is not None:
+        loop.call_soon_threadsafe(client.begin_drain, timeout)
+
+
+def get_client(request: Request) -> EngineClient:
+    return request.app.state.client
+
+
+Client = Annotated[EngineClient, Depends(get_client)]
+
+
+class _APIKeyMiddleware:
+    """401 on the API paths unless ``Authorization: Bearer <key>`` matches (constant time)."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self._key = api_key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES):
+            headers = dict(scope["headers"])
+            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode("latin-1"), self._key
+            ):
+                error = APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _open_routes() -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health(client: Client) -> Response:
+        client.check_ready()
+        return JSONResponse({"status": "ok"})
+
+    @router.get("/version")
+    async def version() -> dict:
+        return {"version": skipdecode.__version__}
+
+    @router.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        body, content_type = request.app.state.metrics.render()
+        return Response(body, headers={"Content-Type": content_type})
+
+    return router
+
+
+def _api_routes(config: ServerConfig) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/models")
+    async def models(client: Client) -> dict:
+        cards = [
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "skipdecode",
+                "max_model_len": client.max_model_len,
+                "num_layers": client.num_layers,
+            }
+            for name in config.served_model_names
+        ]
+        return {"object": "list", "data": cards}
+
+    @router.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request, client: Client) -> Response:
+        return await create_completion(client, body, request)
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(
+        body: ChatCompletionRequest, request: Request, client: Client
+    ) -> Response:
+        return await create_chat_completion(client, body, request)
+
+    @router.post("/tokenize")
+    async def tokenize_route(body: TokenizeRequest, client: Client) -> dict:
+        return tokenize(client, body)
+
+    @router.post("/detokenize")
+    async def detokenize_route(body: DetokenizeRequest, client: Client) -> dict:
+        return detokenize(client, body)
+
+    @router.get("/internal/stats")
+    async def internal_stats(client: Client) -> dict:
+        return client.stats()
+
+    return router

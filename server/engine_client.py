@@ -1,0 +1,126 @@
+"""What the routes use of the engine: names, tokenizer, submission, readiness and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from skipdecode.async_engine import AsyncEngine
+from skipdecode.scheduler import SkipConfig
+from skipdecode.server.choice_stream import ChoiceSpec, ChoiceStream
+from skipdecode.server.config import ServerConfig
+from skipdecode.server.errors import APIError, as_invalid_request, unavailable
+
+logger = logging.getLogger(__name__)
+
+
+class EngineClient:
+    """The HTTP side of one AsyncEngine.
+
+    Owns the set of live ChoiceStreams (so a shutdown can end them) and the draining flag; the
+    engine's state stays with the AsyncEngine and its thread.
+    """
+
+    def __init__(self, async_engine: AsyncEngine, config: ServerConfig) -> None:
+        self.async_engine = async_engine
+        self.config = config
+        engine = async_engine.engine
+        self.tokenizer = engine.tokenizer
+        self.max_model_len: int = engine.max_model_len
+        self.num_layers: int = engine.num_layers
+        self.is_draining = False
+        self._live: set[ChoiceStream] = set()
+
+    # ---- checks --------------------------------------------------------------------------
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name not in self.config.served_model_names:
+            raise APIError(
+                404,
+                f"The model `{name}` does not exist.",
+                type="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
+
+    def check_ready(self) -> None:
+        """503 while shutting down or when the engine loop has died."""
+        if self.is_draining:
+            raise unavailable("the server is shutting down")
+        if not self.async_engine.is_running:
+            raise unavailable("the engine is not running")
+
+    def require_tokenizer(self):
+        if self.tokenizer is None:
+            raise APIError(400, "this model has no tokenizer: send token ids")
+        return self.tokenizer
+
+    # ---- prompts -------------------------------------------------------------------------
+
+    def tokenize(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a text prompt, or token ids checked against the vocabulary (400s)."""
+        if isinstance(prompt, str):
+            tokenizer = self.require_tokenizer()
+            return list(tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids)
+        with as_invalid_request("prompt"):
+            return self.async_engine.engine.tokenize(prompt)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        tokenizer = self.require_tokenizer()
+        if not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "this model has no chat template: use /v1/completions")
+        try:
+            return tokenizer.apply_chat_template(
+                messages, add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        except Exception as exc:  # the template rejected the conversation (jinja raise_exception)
+            raise APIError(400, f"chat template error: {exc}", param="messages") from exc
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.require_tokenizer().decode(token_ids)
+
+    def default_max_tokens(self, requested: int | None, prompt_len: int) -> int:
+        """``requested``, or the rest of the context (too long a prompt fails in the engine)."""
+        if requested is not None:
+            return requested
+        return max(self.max_model_len - prompt_len, 1)
+
+    # ---- requests ------------------------------------------------------------------------
+
+    async def open(self, specs: list[ChoiceSpec], skip: SkipConfig | None) -> ChoiceStream:
+        """Submit every choice; ValueError -> 400, queue full / dead engine -> 503."""
+        self.check_ready()
+        stream = ChoiceStream(self.async_engine, specs, on_close=self._live.discard)
+        with as_invalid_request():
+            await stream.open(skip)
+        self._live.add(stream)
+        return stream
+
+    def begin_drain(self, timeout: float) -> None:
+        """Refuse new requests; after ``timeout`` seconds abort those still running."""
+        if self.is_draining:
+            return
+        self.is_draining = True
+        logger.info("draining %d open responses (up to %.1fs)", len(self._live), timeout)
+        asyncio.get_running_loop().call_later(timeout, self.abort_all)
+
+    def abort_all(self) -> None:
+        for stream in list(self._live):
+            stream.abort()
+
+    @property
+    def num_open_responses(self) -> int:
+        return len(self._live)
+
+    def stats(self) -> dict[str, int | bool]:
+        """Engine occupancy, read from the event loop (plain counters; for tests and ops)."""
+        engine = self.async_engine.engine
+        return {
+            "num_running": len(engine.scheduler.running),
+            "num_waiting": len(engine.scheduler.waiting),
+            "num_unfinished": self.async_engine.num_unfinished,
+            "num_open_responses": len(self._live),
+            "kv_used_blocks": engine.kv_cache.num_used_blocks,
+            "kv_total_blocks": engine.kv_cache.num_blocks,
+            "is_draining": self.is_draining,
+        }
