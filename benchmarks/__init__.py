@@ -1,0 +1,1 @@
+"""Benchmark commands and side-by-side scripts; not used by serving."""
