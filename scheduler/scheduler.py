@@ -62,7 +62,8 @@ class Scheduler:
                 f" ({request.sampling_params.max_tokens}) = {total} exceeds the model's context"
                 f" length max_model_len={max_len}"
             )
-        counts = request.schedule.layer_num_tokens(request.prompt_len, total)
+        # The last generated token is sampled, never fed back, so it never gets a KV slot.
+        counts = request.schedule.layer_num_tokens(request.prompt_len, total - 1)
         needed = self.kv_cache.num_blocks_needed(None, counts)
         if needed > self.kv_cache.num_blocks:
             raise ValueError(
