@@ -7,6 +7,8 @@ import sys
 import time
 
 from skipdecode import cli_args
+from skipdecode.benchmarks.cli import add_bench_parser
+from skipdecode.training.cli import add_eval_parser, add_train_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_args.add_engine_args(serve)
     cli_args.add_server_args(serve)
     serve.set_defaults(func=run_serve)
+    add_bench_parser(commands)
+    add_train_parser(commands)
+    add_eval_parser(commands)
     return parser
 
 

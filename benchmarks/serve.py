@@ -1,0 +1,210 @@
+"""``skipdecode bench serve``: online latency and throughput of an OpenAI-compatible server.
+
+Sends ``--num-prompts`` streamed completions per run, either with a fixed number in flight
+(``--concurrency 1,4,16``: one run each) or arriving as a seeded Poisson process
+(``--request-rate R``). Measures time to first token (TTFT), inter-token latency (ITL, the gaps
+between text chunks), end-to-end latency, tokens/s and errors. Output tokens come from the
+final chunk's ``usage`` when the server sends it, else one per text chunk. The whole command is
+bounded by ``--timeout`` seconds; requests cut off count as errors. Only loopback base URLs are
+accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import httpx
+import numpy as np
+
+from skipdecode.benchmarks.common import format_table, parse_list, percentiles, write_results
+from skipdecode.benchmarks.serve_client import (
+    RequestResult,
+    check_loopback,
+    completion_body,
+    random_word_prompts,
+    stream_completion,
+)
+
+COLUMNS = [
+    ("label", "run", "s"),
+    ("completed", "ok", "d"),
+    ("num_errors", "errors", "d"),
+    ("requests_per_s", "req/s", ".2f"),
+    ("output_tokens_per_s", "out tok/s", ".1f"),
+    ("ttft_ms_p50", "TTFT p50", ".1f"),
+    ("ttft_ms_p99", "TTFT p99", ".1f"),
+    ("itl_ms_p50", "ITL p50", ".2f"),
+    ("itl_ms_p99", "ITL p99", ".2f"),
+    ("e2e_ms_p50", "E2E p50", ".0f"),
+    ("e2e_ms_p99", "E2E p99", ".0f"),
+    ("theoretical_speedup", "theoretical", ".2f"),
+]
+WARMUP_MAX_TOKENS = 8
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="loopback only")
+    parser.add_argument("--endpoint", default="/v1/completions", help="completions path")
+    parser.add_argument(
+        "--concurrency", type=lambda t: parse_list(t, int), default=[1, 4, 16], help="e.g. 1,4,16"
+    )
+    parser.add_argument(
+        "--request-rate", type=float, default=None, help="Poisson arrivals per second instead"
+    )
+    parser.add_argument(
+        "--max-concurrency", type=int, default=None, help="cap on requests in flight (rate mode)"
+    )
+    parser.add_argument("--num-prompts", type=int, default=64, help="requests per run")
+    parser.add_argument("--input-len", type=int, default=128, help="prompt tokens (or words)")
+    parser.add_argument("--output-len", type=int, default=128, help="max_tokens of each request")
+    parser.add_argument(
+        "--prompt-kind",
+        choices=["tokens", "words"],
+        default="tokens",
+        help="random token ids (exact length; needs the model's tokenizer) or random words",
+    )
+    parser.add_argument(
+        "--model", default=None, help="model path for the tokenizer (default: SmolLM2-135M)"
+    )
+    parser.add_argument("--served-model-name", default=None, help="the request's `model` field")
+    parser.add_argument("--skip", type=json.loads, default=None, help="e.g. '{\"speedup\": 2}'")
+    parser.add_argument("--api-key", default=None, help="sent as Authorization: Bearer KEY")
+    parser.add_argument("--seed", type=int, default=0, help="seed of prompts and arrivals")
+    parser.add_argument("--num-warmup", type=int, default=1, help="short requests sent first")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds for everything")
+    parser.add_argument("--label", default=None, help="name of the system in the results")
+    parser.add_argument("--output-json", default=None, help="write the results here")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        payload = bench_serve(args)
+    except ServerUnavailable as exc:
+        print(f"skipdecode bench serve: {exc}", file=sys.stderr)
+        return 1
+    print(f"{payload['system']}: {args.input_len} in / {args.output_len} out, times in ms")
+    print(format_table(payload["results"], COLUMNS))
+    return 0 if all(r["num_errors"] == 0 for r in payload["results"]) else 1
+
+
+def build_prompts(args: argparse.Namespace) -> list[str | list[int]]:
+    if args.prompt_kind == "words":
+        return random_word_prompts(args.num_prompts, args.input_len, args.seed)
+    from skipdecode.benchmarks.common import PromptSource
+
+    return PromptSource.from_model(args.model).prompts(args.num_prompts, args.input_len, args.seed)
+
+
+def bench_serve(args: argparse.Namespace) -> dict:
+    """Check the URL and arguments, then run every concurrency (or the rate) in turn."""
+    base_url = check_loopback(args.base_url)
+    if args.num_prompts < 1 or args.output_len < 1 or args.input_len < 1:
+        raise ValueError("--num-prompts, --input-len and --output-len must be >= 1")
+    if args.timeout <= 0 or min(args.concurrency) < 1:
+        raise ValueError("--timeout must be > 0 and --concurrency values >= 1")
+    if args.request_rate is not None and args.request_rate <= 0:
+        raise ValueError("--request-rate must be > 0")
+    prompts = build_prompts(args)
+    rows = asyncio.run(_sweep(args, base_url + args.endpoint, prompts))
+    system = args.label or base_url
+    return write_results(args.output_json, "serve", vars(args), {"system": system, "results": rows})
+
+
+class ServerUnavailable(RuntimeError):
+    """The warm-up request failed: no point in measuring."""
+
+
+async def _sweep(args: argparse.Namespace, url: str, prompts: list) -> list[dict]:
+    deadline = time.monotonic() + args.timeout
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    model, skip = args.served_model_name, args.skip
+    bodies = [completion_body(p, args.output_len, model, skip) for p in prompts]
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    # trust_env=False: loopback traffic must not go through a proxy from the environment.
+    async with httpx.AsyncClient(timeout=None, limits=limits, trust_env=False) as client:
+        for prompt in prompts[: args.num_warmup]:
+            warm = completion_body(prompt, WARMUP_MAX_TOKENS, model, skip)
+            try:
+                result = await asyncio.wait_for(
+                    stream_completion(client, url, warm, headers), deadline - time.monotonic()
+                )
+            except asyncio.TimeoutError:
+                result = RequestResult(error="no answer within --timeout")
+            if not result.ok:
+                raise ServerUnavailable(f"warm-up request to {url} failed: {result.error}")
+        if args.request_rate is not None:
+            runs = [(f"rate={args.request_rate:g}/s", args.max_concurrency, args.request_rate)]
+        else:
+            runs = [(f"c={c}", c, None) for c in args.concurrency]
+        rows = []
+        for label, concurrency, rate in runs:
+            results, duration = await _run(
+                client, url, bodies, headers, concurrency, rate, args.seed, deadline
+            )
+            rows.append(summarize(label, concurrency, rate, results, duration, args))
+        return rows
+
+
+async def _run(client, url, bodies, headers, concurrency, rate, seed, deadline):
+    """Send every body (at most ``concurrency`` in flight; Poisson arrivals if ``rate``)."""
+    gate = asyncio.Semaphore(concurrency) if concurrency else None
+    arrivals = np.zeros(len(bodies))
+    if rate is not None:
+        arrivals = np.cumsum(np.random.default_rng(seed).exponential(1 / rate, len(bodies)))
+        arrivals -= arrivals[0]  # the first request goes at once
+    start = time.perf_counter()
+
+    async def one(body: dict, arrival: float) -> RequestResult:
+        await asyncio.sleep(max(arrival - (time.perf_counter() - start), 0))
+        if gate is None:
+            return await stream_completion(client, url, body, headers)
+        async with gate:
+            return await stream_completion(client, url, body, headers)
+
+    tasks = [asyncio.create_task(one(b, a)) for b, a in zip(bodies, arrivals)]
+    _, pending = await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 0))
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    duration = time.perf_counter() - start
+    cut = RequestResult(error="cut off by --timeout")
+    return [cut if t in pending else t.result() for t in tasks], duration
+
+
+def summarize(label, concurrency, rate, results: list[RequestResult], duration, args) -> dict:
+    """Aggregate one run: counts, throughput, latency percentiles (ms), server usage."""
+    done = [r for r in results if r.ok]
+    errors = [r.error for r in results if not r.ok]
+    num_output = sum(r.num_output_tokens for r in done)
+    usages = [r.usage or {} for r in done]
+    prompt_counts = [u.get("prompt_tokens") for u in usages]
+    num_prompt = sum(c if isinstance(c, int) else args.input_len for c in prompt_counts)
+    speedups = [u["theoretical_speedup"] for u in usages if "theoretical_speedup" in u]
+    sources = {"usage" if u.get("completion_tokens") is not None else "chunks" for u in usages}
+    return {
+        "label": label,
+        "concurrency": concurrency,
+        "request_rate": rate,
+        "num_requests": len(results),
+        "completed": len(done),
+        "num_errors": len(errors),
+        "error_examples": sorted(set(errors))[:3],
+        "duration_s": duration,
+        "requests_per_s": len(done) / duration,
+        "num_output_tokens": num_output,
+        "num_output_tokens_expected": len(done) * args.output_len,
+        "token_count_source": "+".join(sorted(sources)) or None,
+        "output_tokens_per_s": num_output / duration,
+        "total_tokens_per_s": (num_output + num_prompt) / duration,
+        **percentiles([r.ttft for r in done if r.ttft is not None], "ttft_ms", 1e3),
+        **percentiles([x for r in done for x in r.itls], "itl_ms", 1e3),
+        **percentiles([r.e2e for r in done], "e2e_ms", 1e3),
+        "theoretical_speedup": float(np.mean(speedups)) if speedups else None,
+        "layers_computed": sum(u.get("layers_computed", 0) for u in usages),
+        "layers_skipped": sum(u.get("layers_skipped", 0) for u in usages),
+    }
