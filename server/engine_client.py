@@ -57,12 +57,14 @@ class EngineClient:
 
     # ---- prompts -------------------------------------------------------------------------
 
-    def tokenize(self, prompt: str | list[int], add_special_tokens: bool = True) -> list[int]:
+    def tokenize(
+        self, prompt: str | list[int], add_special_tokens: bool = True, param: str = "prompt"
+    ) -> list[int]:
         """Token ids of a text prompt, or token ids checked against the vocabulary (400s)."""
         if isinstance(prompt, str):
             tokenizer = self.require_tokenizer()
             return list(tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids)
-        with as_invalid_request("prompt"):
+        with as_invalid_request(param):
             return self.async_engine.engine.tokenize(prompt)
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:

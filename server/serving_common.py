@@ -45,7 +45,9 @@ def build_specs(
 
 def check_stream_options(body: SamplingRequest) -> None:
     if body.stream_options is not None and not body.stream:
-        raise APIError(400, "stream_options is only allowed with stream=true", "stream_options")
+        raise APIError(
+            400, "stream_options is only allowed with stream=true", param="stream_options"
+        )
 
 
 async def collect(stream: ChoiceStream, request: Request) -> list[RequestOutput]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from skipdecode.server.engine_client import EngineClient
-from skipdecode.server.errors import APIError, as_invalid_request
+from skipdecode.server.errors import APIError
 from skipdecode.server.protocol import DetokenizeRequest, TokenizeRequest
 
 
@@ -23,6 +23,5 @@ def tokenize(client: EngineClient, body: TokenizeRequest) -> dict:
 
 def detokenize(client: EngineClient, body: DetokenizeRequest) -> dict:
     client.check_model(body.model)
-    with as_invalid_request("tokens"):
-        client.tokenize(body.tokens)  # checks the ids against the vocabulary
+    client.tokenize(body.tokens, param="tokens")  # checks the ids against the vocabulary
     return {"prompt": client.decode(body.tokens)}

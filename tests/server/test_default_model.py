@@ -1,0 +1,47 @@
+"""The real default model (SmolLM2-135M-Instruct, no --model): chat makes sense, streamed text
+equals the non-streamed text."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ServerProcess
+
+pytestmark = pytest.mark.slow
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def default_server():
+    proc = ServerProcess(["--kv-cache-memory", "0.25", "--log-level", "warning"], api_key=None)
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()
+
+
+class TestDefaultModel:
+    def test_serves_under_its_default_name(self, default_server):
+        models = default_server.openai_client().models.list()
+        assert [m.id for m in models.data] == ["SmolLM2-135M-Instruct"]
+
+    def test_chat_answers_sensibly(self, default_server):
+        client = default_server.openai_client()
+        out = client.chat.completions.create(
+            model="SmolLM2-135M-Instruct", messages=QUESTION, max_tokens=24, temperature=0
+        )
+        text = out.choices[0].message.content
+        assert "Paris" in text, text
+        assert out.usage.theoretical_speedup == 1.0  # no default schedule: full depth
+
+    @pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.8, "seed": 1}])
+    def test_stream_equals_non_stream(self, default_server, sampling):
+        client = default_server.openai_client()
+        kwargs = dict(model="SmolLM2-135M-Instruct", messages=QUESTION, max_tokens=20, **sampling)
+        whole = client.chat.completions.create(**kwargs).choices[0]
+        streamed, reason = "", None
+        for chunk in client.chat.completions.create(stream=True, **kwargs):
+            for choice in chunk.choices:
+                streamed += choice.delta.content or ""
+                reason = choice.finish_reason or reason
+        assert whole.message.content.strip()
+        assert (streamed, reason) == (whole.message.content, whole.finish_reason)
