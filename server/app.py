@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -126,6 +127,7 @@ def _open_routes() -> APIRouter:
 
 def _api_routes(config: ServerConfig) -> APIRouter:
     router = APIRouter()
+    created = int(time.time())  # when the app was built: the models' "created"
 
     @router.get("/v1/models")
     async def models(client: Client) -> dict:
@@ -133,7 +135,7 @@ def _api_routes(config: ServerConfig) -> APIRouter:
             {
                 "id": name,
                 "object": "model",
-                "created": 0,
+                "created": created,
                 "owned_by": "skipdecode",
                 "max_model_len": client.max_model_len,
                 "num_layers": client.num_layers,

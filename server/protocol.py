@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skipdecode.scheduler import SamplingParams, SkipConfig
 
 MAX_N = 64  # choices per request (each is one engine request)
 MAX_LOGPROBS = 20
+# OpenAI fields that would change the result but are not implemented: refused (400), not ignored.
+UNSUPPORTED_FIELDS = ("best_of", "logit_bias", "suffix", "tools", "functions", "response_format")
 
 
 class SkipRequest(BaseModel):
@@ -41,7 +43,9 @@ class StreamOptions(BaseModel):
 
 
 class SamplingRequest(BaseModel):
-    """Fields shared by completions and chat completions."""
+    """Fields shared by completions and chat completions; unknown extra fields are ignored."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = None  # None: the served model
     max_tokens: int | None = None  # None: the rest of the context, like vLLM
@@ -60,6 +64,13 @@ class SamplingRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = None
     skip: SkipRequest | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self) -> SamplingRequest:
+        for name in UNSUPPORTED_FIELDS:
+            if (self.model_extra or {}).get(name) is not None:
+                raise ValueError(f"{name} is not supported")
+        return self
 
     def sampling_params(
         self, max_tokens: int, logprobs: int | None, choice_index: int

@@ -96,6 +96,8 @@ COMPLETION_ERRORS = [
     ({"skip": {"speedup": 2, "max_depth": 6}}, "skip.speedup"),
     ({"skip": {"bogus": 1}}, "skip"),
     ({"skip": {"decay_tokens": 0}}, "skip.decay_tokens"),
+    ({"logit_bias": {"1": 5}}, None),  # not implemented: refused rather than ignored
+    ({"suffix": "end"}, None),
 ]
 
 
