@@ -167,3 +167,21 @@ def test_full_queue_is_503_with_retry_after(one_slot_server):
             assert response.json()["usage"]["completion_tokens"] == 40
     with one_slot_server.http() as http:  # the server recovers once the queue drains
         assert http.post("/v1/completions", json=body).status_code == 200
+
+
+def test_disconnected_non_streamed_requests_are_aborted(server, http):
+    num_requests = 10
+    aborted_before = num_aborted(http)
+    body = {"model": "tiny", "prompt": "Go on", "max_tokens": 110, "ignore_eos": True, "n": 2}
+
+    async def give_up(client: httpx.AsyncClient) -> None:
+        with pytest.raises(httpx.ReadTimeout):  # the client hangs up while the server generates
+            await client.post("/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers) as client:
+            await asyncio.gather(*(give_up(client) for _ in range(num_requests)))
+
+    asyncio.run(run())
+    wait_for_idle(http)
+    assert num_aborted(http) - aborted_before == 2 * num_requests  # n=2: two engine requests each
