@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from skipdecode.model_runner.context import LayerContext, StepContext
@@ -25,19 +24,46 @@ def paged_attention(
     ctx.value_cache.index_copy_(0, ctx.write_slots, value)
     num_heads, head_dim = query.shape[1], query.shape[2]
     outputs = []
-    for group in ctx.plan.groups:  # at most two: single-token queries, and longer chunks
-        tables = ctx.block_table[group.seq_index]  # [S, max_blocks]
-        positions = group.key_positions
-        slots = tables[:, positions // ctx.block_size] * ctx.block_size + positions % ctx.block_size
-        keys = ctx.key_cache[slots].transpose(1, 2)  # [S, kv_heads, max_kv, head_dim]
-        values = ctx.value_cache[slots].transpose(1, 2)
-        queries = query[group.row_index].transpose(1, 2)  # [S, heads, max_q, head_dim]
-        out = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=group.mask, scale=scale, enable_gqa=True
-        )  # [S, heads, max_q, head_dim]
-        outputs.append(out.transpose(1, 2).reshape(-1, num_heads * head_dim))
+    for group, slots in zip(ctx.plan.groups, ctx.read_slots):  # at most two groups
+        keys = ctx.key_cache[slots]  # [S, max_kv, kv_heads, head_dim]
+        values = ctx.value_cache[slots]
+        queries = query[group.row_index]  # [S, max_q, heads, head_dim]
+        out = grouped_attention(queries, keys, values, group.mask, scale)
+        outputs.append(out.reshape(-1, num_heads * head_dim))
     flat = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return flat[ctx.plan.out_index]
+
+
+def grouped_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Masked attention with grouped KV heads, as two batched matmuls.
+
+    queries: [S, Q, H, D]; keys, values: [S, K, KVH, D]; mask: [S, 1, Q, K] bool (True: attend).
+    Returns [S, Q, H, D]. The query heads that share a KV head are stacked along the query axis,
+    so single-token decodes still make a real matrix product (CPU SDPA is slow for them).
+    """
+    num_seqs, num_q, num_heads, head_dim = queries.shape
+    num_kv_heads = keys.shape[2]
+    group = num_heads // num_kv_heads
+    # [S, Q, KVH, G, D] -> [S, KVH, G * Q, D]
+    q = queries.view(num_seqs, num_q, num_kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
+    q = q.reshape(num_seqs, num_kv_heads, group * num_q, head_dim)
+    k = keys.permute(0, 2, 3, 1)  # [S, KVH, D, K]
+    v = values.transpose(1, 2)  # [S, KVH, K, D]
+    scores = torch.matmul(q, k).float() * scale  # [S, KVH, G * Q, K]
+    scores = scores.view(num_seqs, num_kv_heads, group, num_q, -1)
+    scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+    probs = (
+        torch.softmax(scores, dim=-1).to(v.dtype).view(num_seqs, num_kv_heads, group * num_q, -1)
+    )
+    out = torch.matmul(probs, v)  # [S, KVH, G * Q, D]
+    out = out.view(num_seqs, num_kv_heads, group, num_q, head_dim).permute(0, 3, 1, 2, 4)
+    return out.reshape(num_seqs, num_q, num_heads, head_dim)
 
 
 def run_layers(layers: nn.ModuleList, hidden: torch.Tensor, ctx: StepContext) -> torch.Tensor:

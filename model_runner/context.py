@@ -47,7 +47,7 @@ class LayerContext:
     """What one layer's attention needs: its plan, its slots and the shared KV pool."""
 
     plan: LayerPlan
-    block_table: torch.Tensor  # [num_seqs, max_blocks] this layer's block ids per sequence
+    read_slots: list[torch.Tensor]  # per group: [S, max_kv] pool slots of positions 0..max_kv-1
     write_slots: torch.Tensor  # [num_tokens] flat pool slot of each running token's K/V
     key_cache: torch.Tensor  # [num_blocks * block_size, num_kv_heads, head_dim]
     value_cache: torch.Tensor  # same shape as key_cache
@@ -60,7 +60,7 @@ class StepContext:
 
     positions: torch.Tensor  # [N] position of each (depth-sorted) row
     layer_plans: list[LayerPlan]  # [L] (layers with the same running tokens share a plan)
-    block_tables: torch.Tensor  # [L, num_seqs, max_blocks] int64
+    read_slots: list[list[torch.Tensor]]  # [L] per group: [S, max_kv] pool slots to attend to
     write_slots: torch.Tensor  # [L, N] flat pool slot of each row's K/V at each layer
     key_cache: torch.Tensor
     value_cache: torch.Tensor
@@ -71,7 +71,7 @@ class StepContext:
         slots = self.write_slots[layer]
         return LayerContext(
             plan=plan,
-            block_table=self.block_tables[layer],
+            read_slots=self.read_slots[layer],
             write_slots=slots[: plan.num_tokens] if plan.rows is None else slots[plan.rows],
             key_cache=self.key_cache,
             value_cache=self.value_cache,
@@ -142,6 +142,16 @@ def build_step_context(
         layer_plans.append(plans[key])
 
     tables = _block_table_tensor(block_tables, num_layers)
+    # Per layer and group, the pool slot of every (sequence, key position): one gather per plan.
+    block_tensor = torch.from_numpy(tables).to(device)
+    read_slots: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+    for plan in plans.values():
+        layers = [i for i, p in enumerate(layer_plans) if p is plan]
+        layer_index = torch.tensor(layers, device=device)
+        for group in plan.groups:
+            slots = _read_slots(block_tensor[layer_index], group, block_size)  # [len(layers), S, K]
+            for i, layer in enumerate(layers):
+                read_slots[layer].append(slots[i])
     sorted_seq = seq_of_flat[layout.order]
     sorted_pos = flat_positions[layout.order]
     write_slots = (
@@ -150,12 +160,18 @@ def build_step_context(
     return StepContext(
         positions=torch.from_numpy(sorted_pos).to(device),
         layer_plans=layer_plans,
-        block_tables=torch.from_numpy(tables).to(device),
+        read_slots=read_slots,
         write_slots=torch.from_numpy(write_slots).to(device),
         key_cache=key_cache,
         value_cache=value_cache,
         block_size=block_size,
     )
+
+
+def _read_slots(tables: torch.Tensor, group: AttentionGroup, block_size: int) -> torch.Tensor:
+    positions = group.key_positions
+    blocks = tables[:, group.seq_index][:, :, positions // block_size]  # [L, S, max_kv]
+    return blocks * block_size + positions % block_size
 
 
 def _block_table_tensor(block_tables: Sequence[Sequence[Sequence[int]]], num_layers: int):
