@@ -56,6 +56,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-steps", type=int, default=8, help="decode steps profiled")
     parser.add_argument("--no-profile", action="store_true", help="skip the time breakdown")
     parser.add_argument("--peak-batch", type=int, default=64, help="rows of the matmul peak test")
+    parser.add_argument(
+        "--matmul-seconds", type=float, default=0.2, help="time spent on each matmul shape"
+    )
     add_engine_args(parser)
     parser.add_argument("--output-json", default=None, help="write the results here")
     parser.set_defaults(func=run)
@@ -112,7 +115,7 @@ def bench_latency(args: argparse.Namespace) -> dict:
         results["breakdown"] = step_profile.profile_decode(
             engine, batch, context, args.profile_steps, args.seed, reference["step_ms_mean"]
         )
-    matmul = step_profile.matmul_rates(engine.runner.model, args.peak_batch)
+    matmul = step_profile.matmul_rates(engine.runner.model, args.peak_batch, args.matmul_seconds)
     at_peak = [r for r in full if r["batch_size"] == args.peak_batch]
     if at_peak:
         achieved = at_peak[0]["achieved_gflops"]

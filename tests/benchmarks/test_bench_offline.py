@@ -1,0 +1,116 @@
+"""Smoke tests of the offline bench commands on the tiny model: JSON fields and consistency."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from skipdecode.cli import main
+
+NUM_LAYERS = 8  # tests/tiny_models.py
+
+
+def run_cli(*argv: str) -> dict:
+    out = argv[argv.index("--output-json") + 1]
+    assert main(list(argv)) == 0
+    with open(out) as f:
+        return json.load(f)
+
+
+def test_throughput(tiny_llama_dir, tmp_path):
+    payload = run_cli(
+        "bench", "throughput", "--model", str(tiny_llama_dir), "--dtype", "float32",
+        "--num-prompts", "3", "--input-len", "8", "--output-len", "10", "--speedups", "2",
+        "--output-json", str(tmp_path / "throughput.json"),
+    )  # fmt: skip
+    assert payload["benchmark"] == "throughput" and payload["num_layers"] == NUM_LAYERS
+    full, skip = payload["results"]
+    assert (full["label"], skip["label"]) == ("1x", "2x")  # 1x is always measured first
+    for row in (full, skip):
+        assert row["num_output_tokens"] == row["num_output_tokens_expected"] == 3 * 10
+        assert row["num_prompt_tokens"] == 3 * 8
+        assert row["requests_per_s"] * row["elapsed_s"] == pytest.approx(3)
+        assert row["total_tokens_per_s"] > row["output_tokens_per_s"] > 0
+        assert row["num_preemptions"] == 0
+    assert full["measured_gain"] == 1.0
+    assert full["theoretical_speedup"] == full["flop_ideal_gain"] == 1.0
+    assert full["mean_depth"] == NUM_LAYERS
+    assert skip["theoretical_speedup"] == pytest.approx(NUM_LAYERS / skip["mean_depth"])
+    # The LM head is never skipped, and prefill never is: the ideal gains trail the theory.
+    assert 1.0 < skip["flop_ideal_gain_e2e"] < skip["flop_ideal_gain"]
+    assert skip["flop_ideal_gain"] < skip["theoretical_speedup"]
+
+
+def test_latency_with_breakdown_and_matmul(tiny_llama_dir, tmp_path):
+    payload = run_cli(
+        "bench", "latency", "--model", str(tiny_llama_dir), "--dtype", "float32",
+        "--batch-size", "1,3", "--context-len", "8,20", "--num-steps", "3",
+        "--speedups", "2", "--profile-steps", "2", "--peak-batch", "3", "--matmul-seconds", "0.02",
+        "--output-json", str(tmp_path / "latency.json"),
+    )  # fmt: skip
+    rows = payload["results"]
+    points = {(r["batch_size"], r["context_len"], r["label"]) for r in rows}
+    assert points == {(b, c, s) for b in (1, 3) for c in (8, 20) for s in ("1x", "2x")}
+    for row in rows:
+        assert 0 < row["step_ms_p50"] <= row["step_ms_p90"]
+        assert row["tokens_per_s"] == pytest.approx(row["batch_size"] / row["step_ms_mean"] * 1e3)
+        assert row["achieved_gflops"] > 0
+        expected_depth = NUM_LAYERS if row["label"] == "1x" else None
+        if expected_depth:
+            assert row["mean_depth"] == expected_depth
+        else:
+            assert row["mean_depth"] < NUM_LAYERS
+    breakdown = payload["breakdown"]
+    assert (breakdown["batch_size"], breakdown["context_len"]) == (3, 8)
+    parts = {c["component"]: c["ms_per_step"] for c in breakdown["components"]}
+    for name in ("embedding", "attention", "mlp", "norms", "lm_head", "sampling", "schedule"):
+        assert parts[name] > 0, name
+    step = parts.pop("step (profiled)")
+    other = parts.pop("other")
+    # The labelled ranges never nest in one another, so together they fit inside the step.
+    assert sum(parts.values()) <= step
+    assert other == pytest.approx(step - sum(parts.values()))
+    matmul = payload["matmul"]
+    counts = {s["name"]: s["count"] for s in matmul["shapes"]}
+    assert counts == {
+        "q_proj": NUM_LAYERS, "k_proj": NUM_LAYERS, "v_proj": NUM_LAYERS, "o_proj": NUM_LAYERS,
+        "gate_proj": NUM_LAYERS, "up_proj": NUM_LAYERS, "down_proj": NUM_LAYERS, "lm_head": 1,
+    }  # fmt: skip
+    assert matmul["best_shape_gflops"] >= max(s["gflops"] for s in matmul["shapes"]) > 0
+    assert matmul["decode_fraction_of_matmul"] > 0
+
+
+def test_profiling_leaves_no_labels_behind(tiny_llama_dir):
+    from argparse import Namespace
+
+    from skipdecode.benchmarks.engine_args import build_engine
+    from skipdecode.benchmarks.step_profile import labelled
+    from skipdecode.model_runner import runner as runner_module
+
+    args = Namespace(
+        model=str(tiny_llama_dir), dtype="float32", device="cpu", max_num_seqs=4,
+        max_num_batched_tokens=64, block_size=4, kv_cache_memory=0.01,
+    )  # fmt: skip
+    engine = build_engine(args)
+    original_context, original_sampler = runner_module.build_step_context, engine.runner.sampler
+    with labelled(engine):
+        assert engine.runner.model.lm_head._forward_pre_hooks
+        assert "schedule" in vars(engine.scheduler)
+    assert runner_module.build_step_context is original_context
+    assert engine.runner.sampler is original_sampler
+    assert "schedule" not in vars(engine.scheduler) and "update" not in vars(engine.scheduler)
+    for module in engine.runner.model.modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks
+
+
+def test_hf_generate(tiny_llama_dir, tmp_path):
+    payload = run_cli(
+        "bench", "hf", "--model", str(tiny_llama_dir), "--dtype", "float32",
+        "--num-prompts", "3", "--batch-size", "2", "--input-len", "6", "--output-len", "5",
+        "--output-json", str(tmp_path / "hf.json"),
+    )  # fmt: skip
+    (row,) = payload["results"]
+    assert row["num_output_tokens"] == row["num_output_tokens_expected"] == 3 * 5
+    assert row["total_tokens_per_s"] > row["output_tokens_per_s"] > 0
+    assert row["dtype"] == "float32"
