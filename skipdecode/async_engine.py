@@ -189,7 +189,12 @@ class AsyncEngine:
         except Exception as exc:  # fail the requests of this step, keep serving the others
             logger.exception("engine step failed")
             self.last_error = exc
-            for request in list(self.engine.scheduler.running):
+            # The failed step ran (some of) the running requests; if it failed before any ran
+            # (inside schedule()), the waiting ones are what it was about to run. Failing them
+            # ends the retry loop either way.
+            scheduler = self.engine.scheduler
+            victims = list(scheduler.running) or list(scheduler.waiting)
+            for request in victims:
                 self._fail(request.request_id, StepFailedError(f"engine step failed: {exc}"))
             return
         now = time.monotonic()
