@@ -41,7 +41,8 @@ class Engine:
         loaded = loaded or load_model(config.model)
         self.hf_config, self.tokenizer = loaded.hf_config, loaded.tokenizer
         self.num_layers: int = loaded.model.num_layers
-        self.default_skip = config.skip
+        # An explicit skip setting wins; else the schedule the checkpoint was fine-tuned for.
+        self.default_skip = config.skip if config.skip is not None else loaded.default_skip
         # The context length is known once the model is loaded: a new scheduler config carries
         # it (the caller's config is not written to).
         max_len = config.model.max_model_len or loaded.max_model_len

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from skipdecode.checkpoint_schedule import read_skip_schedule
 from skipdecode.config import ModelConfig
 from skipdecode.model_runner.loader import build_model
 from skipdecode.model_runner.models import kv_head_shape
 from skipdecode.model_runner.weights import load_hf_config, load_tokenizer, resolve_model_path
+from skipdecode.scheduler import SkipConfig
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ class LoadedModel:
     max_model_len: int
     kv_shape: tuple[int, int]  # (num_kv_heads, head_dim)
     eos_token_ids: frozenset[int]
+    default_skip: SkipConfig | None = None  # the checkpoint's skip_schedule.json default, if any
 
 
 def load_model(config: ModelConfig) -> LoadedModel:
@@ -32,6 +35,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
     path = resolve_model_path(config.model)
     hf_config = load_hf_config(path)
     tokenizer = _try_tokenizer(path)
+    default_skip = read_skip_schedule(path, hf_config.num_hidden_layers)  # fails before weights
     weights_path = None if config.load_format == "dummy" else path
     model = build_model(hf_config, weights_path, config.torch_dtype, config.torch_device)
     return LoadedModel(
@@ -41,6 +45,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         max_model_len=hf_config.max_position_embeddings,
         kv_shape=kv_head_shape(hf_config),
         eos_token_ids=eos_token_ids(hf_config, tokenizer),
+        default_skip=default_skip,
     )
 
 

@@ -1,0 +1,113 @@
+"""Training steps reduce the loss (full and LoRA), self-distillation, deterministic resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import NUM_LAYERS, load_hf
+
+from skipdecode import SkipConfig
+from skipdecode.training import loop as loop_module
+from skipdecode.training.batch import Example, collate
+from skipdecode.training.modeling import apply_lora
+from skipdecode.training.objective import skip_aware_loss
+from skipdecode.training.train import TrainConfig, train
+
+SKIP_2X = SkipConfig(max_depth=6, min_depth=3, decay_tokens=4).resolve(NUM_LAYERS)
+FULL = SkipConfig().resolve(NUM_LAYERS)
+BATCH = collate(
+    [
+        Example([11, 200, 3000, 45, 6], [17, 99, 400, 5, 8, 23, 2]),
+        Example([7, 7, 7, 99], [5, 6, 7, 8, 9, 2]),
+    ],
+    pad_id=2,
+)
+
+
+def _fit(model, lr: float, num_steps: int) -> list[float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    losses = []
+    for _ in range(num_steps):
+        loss, parts = skip_aware_loss(model, BATCH, SKIP_2X)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(parts.loss)
+    return losses
+
+
+def test_full_fine_tuning_reduces_the_skip_loss(tiny_llama_dir):
+    losses = _fit(load_hf(tiny_llama_dir).train(), lr=3e-3, num_steps=6)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_lora_reduces_the_loss_and_trains_only_adapters(tiny_llama_dir):
+    model = apply_lora(load_hf(tiny_llama_dir), rank=8, alpha=16)
+    frozen_before = model.get_base_model().model.layers[3].mlp.up_proj.base_layer.weight.clone()
+    losses = _fit(model.train(), lr=1e-2, num_steps=6)
+    assert losses[-1] < 0.7 * losses[0]
+    frozen_after = model.get_base_model().model.layers[3].mlp.up_proj.base_layer.weight
+    assert torch.equal(frozen_before, frozen_after)
+
+
+def test_kl_is_zero_against_itself_at_full_depth_only(tiny_llama_dir):
+    model = load_hf(tiny_llama_dir)
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        _, same = skip_aware_loss(model, BATCH, FULL, teacher, kl_weight=1.0)
+        _, skipped = skip_aware_loss(model, BATCH, SKIP_2X, teacher, kl_weight=1.0)
+    assert same.kl < 1e-5 and same.loss == pytest.approx(same.ce, abs=1e-5)
+    assert skipped.kl > 0.1
+    assert skipped.loss == pytest.approx(skipped.ce + skipped.kl, rel=1e-5)
+
+
+def _config(model_dir, csv, out, **overrides) -> TrainConfig:
+    settings = dict(
+        out_dir=str(out),
+        model=str(model_dir),
+        data=str(csv),
+        val_percent=0,
+        speedups=(1.0, 2.0),
+        batch_size=2,
+        epochs=2.0,  # 3 steps per epoch: the run crosses an epoch boundary
+        max_steps=4,
+        lr=1e-3,
+        lr_warmup_steps=1,
+        save_every=2,
+        dtype="fp32",
+        kl_weight=0.5,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_resume_continues_exactly(tiny_llama_dir, e2e_csv, tmp_path, monkeypatch):
+    straight = train(_config(tiny_llama_dir, e2e_csv, tmp_path / "a"), show_progress=False)
+    # The second run dies in step 3, after the state of step 2 was saved.
+    real_step = loop_module.TrainLoop.step
+
+    def dying_step(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+
+    monkeypatch.setattr(loop_module.TrainLoop, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_llama_dir, e2e_csv, tmp_path / "b"), show_progress=False)
+    monkeypatch.setattr(loop_module.TrainLoop, "step", real_step)
+    with pytest.raises(ValueError, match="pass --resume"):
+        train(_config(tiny_llama_dir, e2e_csv, tmp_path / "b"), show_progress=False)
+    with pytest.raises(ValueError, match="settings changed"):
+        train(_config(tiny_llama_dir, e2e_csv, tmp_path / "b", resume=True, lr=2e-3))
+    resumed = train(_config(tiny_llama_dir, e2e_csv, tmp_path / "b", resume=True))
+    assert resumed["final_loss"] == pytest.approx(straight["final_loss"], abs=1e-6)
+    a = load_file(tmp_path / "a" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    log = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 4  # the redone step is logged once

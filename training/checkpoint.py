@@ -1,0 +1,131 @@
+"""Training checkpoints: the resumable state, and the final servable model directory.
+
+``OUT/resume/state.pt`` holds the trainable parameters, optimizer, LR schedule, step and RNG
+states; ``--resume`` continues from it exactly. ``OUT/`` itself becomes a normal Hugging Face
+model directory (LoRA merged, safetensors, config.json, tokenizer) plus ``skip_schedule.json``
+(written through :mod:`skipdecode.checkpoint_schedule`, which the engine reads) and, last of all,
+``train_summary.json``, whose presence marks a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from skipdecode.checkpoint_schedule import write_skip_schedule
+from skipdecode.scheduler import SkipConfig
+from skipdecode.training.modeling import merged, trainable_parameters
+
+STATE_FILE = Path("resume") / "state.pt"
+SUMMARY_FILE = "train_summary.json"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(
+    out_dir: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    progress: dict[str, float],
+    fingerprint: dict[str, Any],
+) -> None:
+    """Write the resumable state atomically (a crash mid-write leaves the previous one).
+
+    ``progress`` carries running totals (seconds, tokens) that the summary reports.
+    """
+    path = Path(out_dir) / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step,
+        "progress": progress,
+        "params": {n: p.detach().cpu() for n, p in trainable_parameters(model).items()},
+        "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(),
+        "rng": rng_state(),
+        "fingerprint": fingerprint,
+    }
+    staging = path.with_suffix(".tmp")
+    torch.save(state, staging)
+    os.replace(staging, path)
+
+
+def load_state(
+    out_dir: str | os.PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler,
+    fingerprint: dict[str, Any],
+) -> tuple[int, dict[str, float]] | None:
+    """Restore the state saved in ``out_dir``: (step to continue from, progress totals), or
+    None when there is none.
+
+    A state written by a run with a different fingerprint (model, method, data, schedules, batch
+    size, seed...) is refused: continuing it would silently mix two runs.
+    """
+    path = Path(out_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file
+    saved = state["fingerprint"]
+    differing = sorted(
+        k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
+    )
+    if differing:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in differing)
+        raise ValueError(f"cannot resume {path}: the run's settings changed ({details})")
+    params = trainable_parameters(model)
+    if set(params) != set(state["params"]):
+        raise ValueError(f"cannot resume {path}: its parameters do not match this model")
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    lr_schedule.load_state_dict(state["lr_schedule"])
+    set_rng_state(state["rng"])
+    return int(state["step"]), dict(state["progress"])
+
+
+def save_final(
+    out_dir: str | os.PathLike,
+    model: nn.Module,
+    tokenizer,
+    default_skip: SkipConfig,
+    schedules: list[SkipConfig],
+    schedule_extra: dict[str, Any],
+) -> nn.Module:
+    """Save the servable model directory; returns the (LoRA-merged) model that was saved."""
+    out_dir = Path(out_dir)
+    plain = merged(model)
+    plain.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    write_skip_schedule(out_dir, default_skip, schedules, **schedule_extra)
+    return plain
+
+
+def write_summary(out_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
+    """The last file written: its presence means the run finished."""
+    (Path(out_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def is_finished(out_dir: str | os.PathLike) -> bool:
+    return (Path(out_dir) / SUMMARY_FILE).exists()

@@ -1,0 +1,78 @@
+"""Load a trainable Hugging Face causal LM (HF directory or .gguf), its tokenizer, LoRA."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+
+from skipdecode.model_runner.weights import load_tokenizer, resolve_model_path
+
+LORA_TARGETS = {  # every linear layer of the decoder blocks (the LM head stays frozen)
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+}
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_causal_lm(model: str | None, device: torch.device) -> nn.Module:
+    """fp32 weights of ``model`` (None: the default model). A .gguf file is dequantized."""
+    path = resolve_model_path(model)
+    kwargs = {"dtype": torch.float32, "attn_implementation": "sdpa"}
+    if os.path.isdir(path):
+        lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    else:
+        directory, file_name = os.path.split(os.path.abspath(path))
+        lm = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file_name, **kwargs)
+    return lm.to(device)
+
+
+def load_training_tokenizer(model: str | None):
+    """The tokenizer the engine uses for ``model``, with a pad id (EOS when it has none)."""
+    tokenizer = load_tokenizer(resolve_model_path(model))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_teacher(model: str | None, device: torch.device) -> nn.Module:
+    """A frozen full-depth model for self-distillation."""
+    teacher = load_causal_lm(model, device).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def apply_lora(model: nn.Module, rank: int, alpha: int, dropout: float = 0.0) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters on every decoder linear layer (only they train)."""
+    from peft import LoraConfig, get_peft_model
+
+    kind = model.config.model_type
+    if kind not in LORA_TARGETS:
+        raise ValueError(f"LoRA targets unknown for model type {kind!r}")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=LORA_TARGETS[kind],
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def merged(model: nn.Module) -> nn.Module:
+    """A plain HF model: LoRA adapters merged into the weights (unchanged if not PEFT)."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}

@@ -1,0 +1,189 @@
+"""Skip-aware fine-tuning on E2E (``skipdecode train``), full or LoRA, CPU or CUDA.
+
+Each batch samples one schedule from the configured speedups (mixed-speedup training) and runs
+the skip-aware teacher-forcing forward (:mod:`skip_forward`); :mod:`loop` runs the steps and
+:mod:`checkpoint` saves the resumable state and the servable model directory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from skipdecode.checkpoint_schedule import skip_to_dict
+from skipdecode.scheduler import SkipConfig
+from skipdecode.training import checkpoint, e2e
+from skipdecode.training.batch import Example
+from skipdecode.training.loop import TrainLoop
+from skipdecode.training.modeling import (
+    apply_lora,
+    load_causal_lm,
+    load_teacher,
+    load_training_tokenizer,
+    pick_device,
+)
+
+DEFAULT_LR = {"full": 1e-4, "lora": 1e-3}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run is built from (``skipdecode train`` flags)."""
+
+    out_dir: str
+    model: str | None = None  # HF dir or .gguf; None: the default SmolLM2-135M-Instruct
+    data: str = e2e.DEFAULT_E2E_CSV
+    val_percent: int = e2e.DEFAULT_VAL_PERCENT
+    max_rows: int | None = None  # use only the first rows of the CSV (smoke runs)
+    method: str = "full"  # "full" or "lora"
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    speedups: tuple[float, ...] = (1.0,)  # each batch samples one of these presets
+    decay_tokens: int = e2e.DEFAULT_DECAY_TOKENS
+    warmup_layers: int = 1
+    default_speedup: float | None = None  # served by default; None: the largest of `speedups`
+    kl_weight: float = 0.0
+    teacher: str | None = None  # None with kl_weight > 0: the initial model
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 16
+    lr: float | None = None  # None: DEFAULT_LR[method]
+    lr_warmup_steps: int = 10
+    max_grad_norm: float = 1.0
+    dtype: str = "bf16"  # autocast dtype: bf16 or fp32 (no autocast)
+    device: str = "auto"
+    seed: int = 0
+    save_every: int = 50
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {
+            "method must be full or lora": self.method in ("full", "lora"),
+            "dtype must be bf16 or fp32": self.dtype in ("bf16", "fp32"),
+            "speedups must be a non-empty list of numbers >= 1": bool(self.speedups)
+            and all(s >= 1 for s in self.speedups),
+            "epochs must be > 0": self.epochs > 0,
+            "batch_size must be >= 1": self.batch_size >= 1,
+            "max_steps must be >= 1": self.max_steps is None or self.max_steps >= 1,
+            "kl_weight must be >= 0": self.kl_weight >= 0,
+            "save_every must be >= 1": self.save_every >= 1,
+            "default_speedup must be one of speedups": self.default_speedup is None
+            or self.default_speedup in self.speedups,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Settings a resumed run must share with the saved one."""
+        ignored = {"out_dir", "device", "save_every", "resume"}
+        fields = {k: v for k, v in asdict(self).items() if k not in ignored}
+        fields["speedups"] = list(self.speedups)
+        return fields
+
+
+def preset_skips(cfg: TrainConfig) -> list[SkipConfig]:
+    return [SkipConfig.for_speedup(x, cfg.decay_tokens, cfg.warmup_layers) for x in cfg.speedups]
+
+
+def linear_warmup_decay(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Run (or resume, or skip if finished) one training run; returns its summary."""
+    out_dir = Path(cfg.out_dir)
+    if _already_finished(cfg):
+        return json.loads((out_dir / checkpoint.SUMMARY_FILE).read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = pick_device(cfg.device)
+    tokenizer = load_training_tokenizer(cfg.model)
+    examples = _training_examples(cfg, tokenizer)
+    model = load_causal_lm(cfg.model, device)
+    skips = preset_skips(cfg)
+    schedules = [s.resolve(model.config.num_hidden_layers) for s in skips]  # fail early
+    teacher = load_teacher(cfg.teacher or cfg.model, device) if cfg.kl_weight > 0 else None
+    if cfg.method == "lora":
+        model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total_steps = math.ceil(cfg.epochs * steps_per_epoch)
+    total_steps = min(total_steps, cfg.max_steps or total_steps)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, linear_warmup_decay(total_steps, cfg.lr_warmup_steps)
+    )
+    fingerprint = cfg.fingerprint()
+    resumed = checkpoint.load_state(out_dir, model, optimizer, lr_schedule, fingerprint)
+    start_step, progress = resumed or (0, {"seconds": 0.0, "tokens": 0, "target_tokens": 0})
+    loop = TrainLoop(cfg, model, teacher, optimizer, lr_schedule, examples, schedules, tokenizer)
+    last_loss = loop.run(start_step, total_steps, progress, fingerprint, show_progress)
+    _save_checkpoint(cfg, model, tokenizer, skips, schedules)
+    summary = {
+        "steps": total_steps,
+        "epochs": total_steps / steps_per_epoch,
+        "num_train_rows": len(examples),
+        "batch_size": cfg.batch_size,
+        "wall_seconds": round(progress["seconds"], 1),
+        "tokens": progress["tokens"],
+        "target_tokens": progress["target_tokens"],
+        "tokens_per_second": round(progress["tokens"] / max(progress["seconds"], 1e-9), 1),
+        "final_loss": last_loss,
+        "device": str(device),
+        "config": fingerprint,
+    }
+    checkpoint.write_summary(out_dir, summary)
+    return summary
+
+
+def _already_finished(cfg: TrainConfig) -> bool:
+    """True for a finished run under ``--resume``; refuses to overwrite a run without it."""
+    out_dir = Path(cfg.out_dir)
+    if checkpoint.is_finished(out_dir):
+        if not cfg.resume:
+            raise ValueError(f"{out_dir} holds a finished run; pass --resume to keep it")
+        return True
+    if (out_dir / checkpoint.STATE_FILE).exists() and not cfg.resume:
+        raise ValueError(f"{out_dir} holds a started run: pass --resume, or pick another --out")
+    return False
+
+
+def _training_examples(cfg: TrainConfig, tokenizer) -> list[Example]:
+    rows, _ = e2e.split_by_mr(e2e.read_e2e_csv(cfg.data, cfg.max_rows), cfg.val_percent)
+    if not rows:
+        raise ValueError(f"{cfg.data}: no training rows after the split")
+    return e2e.encode_rows(tokenizer, rows)
+
+
+def _save_checkpoint(cfg: TrainConfig, model, tokenizer, skips, schedules) -> None:
+    """The servable directory, with the schedules, data split and prompt format recorded."""
+    default = cfg.default_speedup or max(cfg.speedups)
+    extra = {
+        "trained_for": [
+            {"speedup": k.speedup, "skip": skip_to_dict(k), "resolved": asdict(s)}
+            for k, s in zip(skips, schedules)
+        ],
+        "default_speedup": default,
+        "data": e2e.data_record(cfg.data, cfg.val_percent),
+        "prompt_format": {"description": e2e.PROMPT_FORMAT, "system_prompt": e2e.SYSTEM_PROMPT},
+    }
+    default_skip = skips[cfg.speedups.index(default)]
+    checkpoint.save_final(cfg.out_dir, model, tokenizer, default_skip, skips, extra)
