@@ -36,21 +36,29 @@ def add_speedups_arg(parser: argparse.ArgumentParser, default: str = "1,2,3") ->
     )
 
 
+def model_config(args: argparse.Namespace):
+    """The ModelConfig the flags describe."""
+    from skipdecode.config import ModelConfig
+
+    return ModelConfig(model=args.model, dtype=args.dtype, device=args.device)
+
+
 def build_engine(
     args: argparse.Namespace,
-    max_model_len: int | None = None,
     num_kv_blocks: int | None = None,
     max_num_seqs: int | None = None,
+    loaded=None,
 ):
-    """An Engine built from the flags (loads the model once for all runs of a command)."""
-    from skipdecode.config import CacheConfig, EngineConfig, ModelConfig
+    """An Engine built from the flags (loads the model once for all runs of a command).
+
+    ``loaded``: a model already loaded with ``load_model(model_config(args))``, reused.
+    """
+    from skipdecode.config import CacheConfig, EngineConfig
     from skipdecode.engine import Engine
     from skipdecode.scheduler import SchedulerConfig
 
     config = EngineConfig(
-        model=ModelConfig(
-            model=args.model, dtype=args.dtype, device=args.device, max_model_len=max_model_len
-        ),
+        model=model_config(args),
         cache=CacheConfig(
             block_size=args.block_size,
             kv_cache_memory_gib=args.kv_cache_memory,
@@ -61,7 +69,7 @@ def build_engine(
             max_num_batched_tokens=args.max_num_batched_tokens,
         ),
     )
-    return Engine(config)
+    return Engine(config, loaded)
 
 
 def skip_for(speedup: float):

@@ -23,6 +23,7 @@ from skipdecode.benchmarks.engine_args import (
     add_speedups_arg,
     build_engine,
     engine_prompts,
+    model_config,
     skip_for,
 )
 from skipdecode.benchmarks.flops import ModelFlops
@@ -136,17 +137,18 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _engine_for_grid(args: argparse.Namespace):
     """One engine whose KV pool holds the largest batch at the longest context, at full depth."""
-    from skipdecode.model_runner.weights import load_hf_config, resolve_model_path
+    from skipdecode.loading import load_model
     from skipdecode.scheduler import DepthSchedule
 
-    num_layers = load_hf_config(resolve_model_path(args.model)).num_hidden_layers
+    loaded = load_model(model_config(args))
+    num_layers = loaded.model.num_layers
     batch, context = max(args.batch_size), max(args.context_len)
     max_steps = max(args.num_steps, args.profile_steps)
     max_tokens = decode_max_tokens(batch, context, max_steps, args.max_num_batched_tokens)
     per_seq = kv_blocks_per_sequence(
         DepthSchedule.full(num_layers), args.block_size, context, max_tokens
     )
-    return build_engine(args, num_kv_blocks=batch * per_seq, max_num_seqs=batch)
+    return build_engine(args, num_kv_blocks=batch * per_seq, max_num_seqs=batch, loaded=loaded)
 
 
 def decode_max_tokens(batch: int, context: int, num_steps: int, max_batched: int) -> int:
