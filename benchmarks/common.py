@@ -147,4 +147,5 @@ def write_results(path: str | None, benchmark: str, args: dict, results: dict) -
 
 
 def speedup_label(speedup: float) -> str:
+    """``2.0`` -> ``"2x"``: how tables name a target speedup."""
     return f"{speedup:g}x"

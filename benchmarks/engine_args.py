@@ -8,6 +8,7 @@ from skipdecode.benchmarks.common import PromptSource, parse_list
 
 
 def add_engine_args(parser: argparse.ArgumentParser, max_num_seqs: int = 64) -> None:
+    """Model, engine and prompt-seed flags of the offline commands."""
     group = parser.add_argument_group("model and engine")
     group.add_argument(
         "--model", default=None, help="HF model directory or .gguf file (default: SmolLM2-135M)"
@@ -28,6 +29,7 @@ def add_engine_args(parser: argparse.ArgumentParser, max_num_seqs: int = 64) -> 
 
 
 def add_speedups_arg(parser: argparse.ArgumentParser, default: str = "1,2,3") -> None:
+    """``--speedups``: target theoretical speedups, parsed to floats."""
     parser.add_argument(
         "--speedups",
         type=lambda text: parse_list(text, float),

@@ -29,6 +29,7 @@ COLUMNS = [
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
+    """Register the command's flags and entry point on ``parser``."""
     parser.add_argument(
         "--model", default=None, help="HF model directory or .gguf file (default: SmolLM2-135M)"
     )
@@ -43,6 +44,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the command, print its tables; returns the exit code."""
     payload = bench_kv(args)
     print(
         f"KV budget {args.budget_mib:g} MiB = {payload['budget_blocks']} blocks of"

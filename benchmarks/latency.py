@@ -43,6 +43,7 @@ COLUMNS = [
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
+    """Register the command's flags and entry point on ``parser``."""
     parser.add_argument(
         "--batch-size", type=lambda t: parse_list(t, int), default=[1, 16, 64], help="e.g. 1,16,64"
     )
@@ -66,6 +67,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the command, print its tables; returns the exit code."""
     from skipdecode.benchmarks.step_profile import BREAKDOWN_COLUMNS, MATMUL_COLUMNS
 
     payload = bench_latency(args)

@@ -56,6 +56,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_serve_throughput(serves: list[dict], hfs: list[dict], out: Path) -> Path | None:
+    """Output tokens/s vs concurrency per serve system; HF generate as a point."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     drawn = False
     for payload in serves:
@@ -82,6 +83,7 @@ def plot_serve_throughput(serves: list[dict], hfs: list[dict], out: Path) -> Pat
 
 
 def plot_latency_context(latencies: list[dict], out: Path) -> Path | None:
+    """Decode tokens/s vs context length, one line per batch size and speedup."""
     lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for payload in latencies:
         for row in payload["results"]:
@@ -102,6 +104,7 @@ def plot_latency_context(latencies: list[dict], out: Path) -> Path | None:
 
 
 def plot_kv(kvs: list[dict], out: Path) -> list[Path]:
+    """KV MiB per sequence, and sequences in the budget, per speedup (the last kv file)."""
     if not kvs:
         return []
     payload = kvs[-1]
@@ -122,6 +125,7 @@ def plot_kv(kvs: list[dict], out: Path) -> list[Path]:
 
 
 def plot_throughput_gain(throughputs: list[dict], out: Path) -> Path | None:
+    """Measured, theoretical and FLOP-ideal gains per speedup (the last throughput file)."""
     if not throughputs:
         return None
     rows = throughputs[-1]["results"]
@@ -159,6 +163,7 @@ def make_plots(results_dir: Path, out: Path | None = None) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: draw the plots and print their paths."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", type=Path, help="folder with the bench JSON files")
     parser.add_argument("--out", type=Path, default=None, help="default: RESULTS_DIR/plots")

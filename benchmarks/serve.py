@@ -47,6 +47,7 @@ WARMUP_MAX_TOKENS = 8
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
+    """Register the command's flags and entry point on ``parser``."""
     parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="loopback only")
     parser.add_argument("--endpoint", default="/v1/completions", help="completions path")
     parser.add_argument(
@@ -82,6 +83,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the command, print its tables; returns the exit code."""
     try:
         payload = bench_serve(args)
     except ServerUnavailable as exc:
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_prompts(args: argparse.Namespace) -> list[str | list[int]]:
+    """The seeded prompts: token-id lists (the model's tokenizer) or strings of words."""
     if args.prompt_kind == "words":
         return random_word_prompts(args.num_prompts, args.input_len, args.seed)
     from skipdecode.benchmarks.common import PromptSource

@@ -67,12 +67,14 @@ def summary_rows(results: dict[str, list[dict]]) -> list[list[str]]:
 
 
 def markdown_table(rows: list[list[str]]) -> str:
+    """Rows under the summary headers, as a Markdown table."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines.extend("| " + " | ".join(row) + " |" for row in rows)
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: print the table and write RESULTS_DIR/summary.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", type=Path, help="folder with the bench JSON files")
     args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ COLUMNS = [
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
+    """Register the command's flags and entry point on ``parser``."""
     parser.add_argument("--num-prompts", type=int, default=64, help="requests per speedup")
     parser.add_argument("--input-len", type=int, default=128, help="prompt tokens per request")
     parser.add_argument("--output-len", type=int, default=128, help="tokens generated per request")
@@ -46,6 +47,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the command, print its tables; returns the exit code."""
     payload = bench_throughput(args)
     print(format_table(payload["results"], COLUMNS))
     return 0
