@@ -79,7 +79,7 @@ class Request:
     @property
     def output_depths(self) -> list[int]:
         """Depth of each generated token (the layers it runs when fed back, DESIGN.md §2)."""
-        return [self.schedule.depth(g) for g in range(len(self.output_token_ids))]
+        return self.schedule.depths(len(self.output_token_ids))
 
     @property
     def theoretical_speedup(self) -> float:

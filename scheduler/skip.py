@@ -104,8 +104,26 @@ class DepthSchedule:
 
     def depth(self, g: int) -> int:
         """Depth of the ``g``-th generated token fed back into the model."""
-        decayed = self.max_depth - (self.max_depth - self.min_depth) * g / self.decay_tokens
-        return min(max(round(decayed), self.min_depth), self.max_depth)
+        table = self._depth_table
+        return table[g] if g < len(table) else self.min_depth
+
+    def depths(self, num_generated: int) -> list[int]:
+        """``[D(0), ..., D(num_generated - 1)]``."""
+        table = self._depth_table
+        head = list(table[:num_generated])
+        return head + [self.min_depth] * (num_generated - len(head))
+
+    @cached_property
+    def _depth_table(self) -> tuple[int, ...]:
+        # D(g) for g <= T; from T on, the depth stays at min_depth.
+        span = self.max_depth - self.min_depth
+        return tuple(
+            min(
+                max(round(self.max_depth - span * g / self.decay_tokens), self.min_depth),
+                self.max_depth,
+            )
+            for g in range(self.decay_tokens + 1)
+        )
 
     def start_layer(self, depth: int) -> int:
         """First layer a token of ``depth`` runs after the warm-up layers."""
@@ -145,7 +163,7 @@ class DepthSchedule:
         """``L * N / sum(D(g) for g < N)``, the paper's speedup figure."""
         if num_generated <= 0:
             return 1.0
-        total = sum(self.depth(g) for g in range(num_generated))
+        total = sum(self.depths(num_generated))
         return self.num_layers * num_generated / total
 
 
