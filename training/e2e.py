@@ -22,9 +22,7 @@ SHARED_E2E_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "e2e"
 DEFAULT_E2E_CSV = str(SHARED_E2E_DIR / "devset.csv")
 DEFAULT_VAL_PERCENT = 15
 DEFAULT_DECAY_TOKENS = 24  # references average ~28 tokens (+EOS): presets land near target
-SYSTEM_PROMPT = (
-    "Write one fluent English sentence that describes the restaurant, using every attribute given."
-)
+SYSTEM_PROMPT = "Describe the restaurant in one sentence."  # short: prompts are most tokens
 PROMPT_FORMAT = (
     "chat template; system: SYSTEM_PROMPT; user: the MR verbatim; generation prompt."
     " Target: the reference sentence + EOS."

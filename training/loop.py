@@ -22,15 +22,27 @@ from skipdecode.training import checkpoint
 from skipdecode.training.batch import Example, collate
 from skipdecode.training.objective import skip_aware_loss
 
+LENGTH_GROUP_BATCHES = 16  # batches per length-sorted chunk
 
-def batch_indices(step: int, num_examples: int, batch_size: int, seed: int) -> list[int]:
-    """Example indices of ``step``: a fresh permutation per epoch, seeded by (seed, epoch)."""
+
+def batch_indices(step: int, lengths: list[int], batch_size: int, seed: int) -> list[int]:
+    """Example indices of ``step``, derived from (seed, epoch) alone.
+
+    Each epoch: a seeded permutation, cut into chunks of 16 batches; each chunk is sorted by
+    length before it is cut into batches (little padding), and the batches are shuffled.
+    """
+    num_examples = len(lengths)
     steps_per_epoch = math.ceil(num_examples / batch_size)
     epoch, index = divmod(step, steps_per_epoch)
-    order = torch.randperm(
-        num_examples, generator=torch.Generator().manual_seed(seed * 7919 + epoch)
-    )
-    return order[index * batch_size : (index + 1) * batch_size].tolist()
+    generator = torch.Generator().manual_seed(seed * 7919 + epoch)
+    order = torch.randperm(num_examples, generator=generator).tolist()
+    chunk = batch_size * LENGTH_GROUP_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, num_examples, chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches.extend(part[j : j + batch_size] for j in range(0, len(part), batch_size))
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return batches[shuffled[index]]
 
 
 def schedule_index(step: int, num_schedules: int, seed: int) -> int:
@@ -45,6 +57,7 @@ class TrainLoop:
         self.cfg, self.model, self.teacher = cfg, model, teacher
         self.optimizer, self.lr_schedule = optimizer, lr_schedule
         self.examples: list[Example] = examples
+        self.lengths = [ex.num_tokens for ex in examples]
         self.schedules: list[DepthSchedule] = schedules
         self.pad_id: int = tok.pad_token_id
         self.device = next(model.parameters()).device
@@ -58,7 +71,7 @@ class TrainLoop:
         """One optimisation step; returns its log record."""
         cfg = self.cfg
         began = time.perf_counter()
-        indices = batch_indices(step, len(self.examples), cfg.batch_size, cfg.seed)
+        indices = batch_indices(step, self.lengths, cfg.batch_size, cfg.seed)
         batch = collate([self.examples[i] for i in indices], self.pad_id).to(self.device)
         which = schedule_index(step, len(self.schedules), cfg.seed)
         lr = self.lr_schedule.get_last_lr()[0]

@@ -8,7 +8,12 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from skipdecode.model_runner.weights import load_tokenizer, resolve_model_path
+from skipdecode.model_runner.weights import (
+    iter_weights,
+    load_hf_config,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 LORA_TARGETS = {  # every linear layer of the decoder blocks (the LM head stays frozen)
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -24,14 +29,25 @@ def pick_device(device: str) -> torch.device:
 
 
 def load_causal_lm(model: str | None, device: torch.device) -> nn.Module:
-    """fp32 weights of ``model`` (None: the default model). A .gguf file is dequantized."""
+    """fp32 weights of ``model`` (None: the default model). A .gguf file is dequantized.
+
+    GGUF weights come through the engine's own reader (:func:`iter_weights`, Hugging Face names)
+    into a model built from the config: transformers' GGUF loading would mark the model as
+    quantized, and such a model refuses ``save_pretrained``.
+    """
     path = resolve_model_path(model)
-    kwargs = {"dtype": torch.float32, "attn_implementation": "sdpa"}
     if os.path.isdir(path):
-        lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    else:
-        directory, file_name = os.path.split(os.path.abspath(path))
-        lm = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file_name, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, attn_implementation="sdpa"
+        )
+        return lm.to(device)
+    config = load_hf_config(path)
+    lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
+    missing, unexpected = lm.load_state_dict(dict(iter_weights(path)), strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"{path}: missing tensors {missing}, unexpected tensors {unexpected}")
+    lm.tie_weights()
     return lm.to(device)
 
 

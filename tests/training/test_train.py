@@ -111,3 +111,19 @@ def test_resume_continues_exactly(tiny_llama_dir, e2e_csv, tmp_path, monkeypatch
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     log = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
     assert len(log) == 4  # the redone step is logged once
+
+
+def test_each_epoch_visits_every_example_once_in_length_sorted_batches():
+    lengths = [(i * 37) % 101 for i in range(203)]
+    steps_per_epoch = 13  # ceil(203 / 16)
+    for epoch in range(2):
+        batches = [
+            loop_module.batch_indices(epoch * steps_per_epoch + i, lengths, 16, seed=5)
+            for i in range(steps_per_epoch)
+        ]
+        assert sorted(i for b in batches for i in b) == list(range(203))
+        spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+        assert spread / steps_per_epoch < 20  # random batches would spread ~90
+    first = loop_module.batch_indices(0, lengths, 16, seed=5)
+    assert first != loop_module.batch_indices(steps_per_epoch, lengths, 16, seed=5)
+    assert first == loop_module.batch_indices(0, lengths, 16, seed=5)

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The E2E quality table (docs/quality.md), start to finish:
+#   (b) full-depth fine-tune of SmolLM2-135M-Instruct        -> $OUT/full
+#   (c) skip-aware mixed 1x/2x/3x fine-tune, started from (b),
+#       with self-distillation from (b) at full depth         -> $OUT/skip
+#   eval of (a) the base model, (b) and (c) at 1x..5x on the validation MRs -> $OUT/eval
+#
+# Usage:  training/recipe_e2e.sh [OUT]            (default OUT: runs/e2e)
+# Resumable: rerun the same command after an interruption. A finished stage is skipped; a
+# started training stage continues from its last saved state (every SAVE_EVERY steps).
+# Budget (2-core CPU): (b) ~25-40 min, (c) ~35-55 min (the teacher adds a forward pass),
+# eval ~10 min. Knobs (environment): EPOCHS_FULL, EPOCHS_SKIP, BATCH, LR, SPEEDUPS_TRAIN,
+# KL_WEIGHT, DECAY_TOKENS, WARMUP_LAYERS, SPEEDUPS_EVAL, DATA, VAL_PERCENT, DEVICE, SAVE_EVERY;
+# for a quick smoke run of the whole pipeline: MAX_STEPS (per training stage), MAX_MRS and
+# MAX_TOKENS (eval);
+# BASE replaces the base model (a .gguf file or an HF directory).
+set -euo pipefail
+
+OUT=${1:-runs/e2e}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -x "$ROOT/.venv/bin/skipdecode" ]]; then BIN="$ROOT/.venv/bin"; else BIN=$(dirname "$(command -v skipdecode)"); fi
+SKIPDECODE="$BIN/skipdecode"
+
+EPOCHS_FULL=${EPOCHS_FULL:-1}
+EPOCHS_SKIP=${EPOCHS_SKIP:-1}
+BATCH=${BATCH:-16}
+SPEEDUPS_TRAIN=${SPEEDUPS_TRAIN:-1,2,3}
+KL_WEIGHT=${KL_WEIGHT:-1.0}
+DECAY_TOKENS=${DECAY_TOKENS:-24}
+WARMUP_LAYERS=${WARMUP_LAYERS:-1}
+SPEEDUPS_EVAL=${SPEEDUPS_EVAL:-1,2,3,4,5}
+DEVICE=${DEVICE:-auto}
+SAVE_EVERY=${SAVE_EVERY:-25}
+VAL_PERCENT=${VAL_PERCENT:-15}
+DATA_ARGS=(--val-percent "$VAL_PERCENT")
+if [[ -n "${DATA:-}" ]]; then DATA_ARGS+=(--data "$DATA"); fi
+TRAIN_ARGS=()
+if [[ -n "${LR:-}" ]]; then TRAIN_ARGS+=(--lr "$LR"); fi
+if [[ -n "${MAX_STEPS:-}" ]]; then TRAIN_ARGS+=(--max-steps "$MAX_STEPS"); fi
+EVAL_ARGS=()
+if [[ -n "${MAX_MRS:-}" ]]; then EVAL_ARGS+=(--max-mrs "$MAX_MRS"); fi
+if [[ -n "${MAX_TOKENS:-}" ]]; then EVAL_ARGS+=(--max-tokens "$MAX_TOKENS"); fi
+if [[ -z "${BASE:-}" ]]; then
+  BASE=$("$BIN/python" -c 'from skipdecode.model_runner.weights import default_model_path as p; print(p())')
+fi
+
+mkdir -p "$OUT"
+say() { echo "[recipe $(date +%H:%M:%S)] $*" | tee -a "$OUT/recipe.log"; }
+SCHEDULE_ARGS=(--decay-tokens "$DECAY_TOKENS" --warmup-layers "$WARMUP_LAYERS")
+COMMON=(--batch-size "$BATCH" --device "$DEVICE" --save-every "$SAVE_EVERY" --resume)
+
+run_stage() {  # run_stage NAME DONE_FILE COMMAND...
+  local name=$1 done_file=$2
+  shift 2
+  if [[ -f "$done_file" ]]; then
+    say "$name: finished earlier ($done_file), skipping"
+    return
+  fi
+  say "$name: starting"
+  local began=$SECONDS
+  "$@"
+  say "$name: done in $(((SECONDS - began) / 60)) min $(((SECONDS - began) % 60)) s"
+}
+
+say "output in $OUT; base model $BASE"
+run_stage "(b) full-depth fine-tune" "$OUT/full/train_summary.json" \
+  "$SKIPDECODE" train --model "$BASE" --out "$OUT/full" --method full --epochs "$EPOCHS_FULL" \
+  --speedups 1 "${SCHEDULE_ARGS[@]}" "${COMMON[@]}" "${DATA_ARGS[@]}" "${TRAIN_ARGS[@]}"
+
+run_stage "(c) skip-aware ${SPEEDUPS_TRAIN}x fine-tune, KL ${KL_WEIGHT} to (b)" \
+  "$OUT/skip/train_summary.json" \
+  "$SKIPDECODE" train --model "$OUT/full" --teacher "$OUT/full" --out "$OUT/skip" --method full \
+  --epochs "$EPOCHS_SKIP" --speedups "$SPEEDUPS_TRAIN" --kl-weight "$KL_WEIGHT" \
+  "${SCHEDULE_ARGS[@]}" "${COMMON[@]}" "${DATA_ARGS[@]}" "${TRAIN_ARGS[@]}"
+
+run_stage "eval (a) base, (b) full-ft, (c) skip-ft at ${SPEEDUPS_EVAL}x" "$OUT/eval/results.json" \
+  "$SKIPDECODE" eval e2e --out "$OUT/eval" --speedups "$SPEEDUPS_EVAL" "${SCHEDULE_ARGS[@]}" \
+  --model "$BASE" --label "(a) base" --model "$OUT/full" --label "(b) full-depth FT" \
+  --model "$OUT/skip" --label "(c) skip-aware FT" --device "$DEVICE" "${DATA_ARGS[@]}" "${EVAL_ARGS[@]}"
+
+say "table: $OUT/eval/results.md, plot: $OUT/eval/quality_vs_speedup.png"
+cat "$OUT/eval/results.md"
