@@ -5,8 +5,9 @@ Sends ``--num-prompts`` streamed completions per run, either with a fixed number
 (``--request-rate R``). Measures time to first token (TTFT), inter-token latency (ITL, the gaps
 between text chunks), end-to-end latency, tokens/s and errors. Output tokens come from the
 final chunk's ``usage`` when the server sends it, else one per text chunk. The whole command is
-bounded by ``--timeout`` seconds; requests cut off count as errors. Only loopback base URLs are
-accepted.
+bounded by ``--timeout`` seconds; requests cut off count as errors. Each run gets prompts of its
+own (same ``--seed``, same prompts for every server), so no run gains from a prefix cache that
+an earlier run filled. Only loopback base URLs are accepted.
 """
 
 from __future__ import annotations
@@ -94,13 +95,13 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(r["num_errors"] == 0 for r in payload["results"]) else 1
 
 
-def build_prompts(args: argparse.Namespace) -> list[str | list[int]]:
-    """The seeded prompts: token-id lists (the model's tokenizer) or strings of words."""
+def build_prompts(args: argparse.Namespace, count: int) -> list[str | list[int]]:
+    """``count`` seeded prompts: token-id lists (the model's tokenizer) or strings of words."""
     if args.prompt_kind == "words":
-        return random_word_prompts(args.num_prompts, args.input_len, args.seed)
+        return random_word_prompts(count, args.input_len, args.seed)
     from skipdecode.benchmarks.common import PromptSource
 
-    return PromptSource.from_model(args.model).prompts(args.num_prompts, args.input_len, args.seed)
+    return PromptSource.from_model(args.model).prompts(count, args.input_len, args.seed)
 
 
 def bench_serve(args: argparse.Namespace) -> dict:
@@ -108,12 +109,15 @@ def bench_serve(args: argparse.Namespace) -> dict:
     base_url = check_loopback(args.base_url)
     if args.num_prompts < 1 or args.output_len < 1 or args.input_len < 1:
         raise ValueError("--num-prompts, --input-len and --output-len must be >= 1")
-    if args.timeout <= 0 or min(args.concurrency) < 1:
-        raise ValueError("--timeout must be > 0 and --concurrency values >= 1")
+    if args.timeout <= 0 or min(args.concurrency) < 1 or args.num_warmup < 0:
+        raise ValueError("--timeout must be > 0, --concurrency values >= 1, --num-warmup >= 0")
     if args.request_rate is not None and args.request_rate <= 0:
         raise ValueError("--request-rate must be > 0")
-    prompts = build_prompts(args)
-    rows = asyncio.run(_sweep(args, base_url + args.endpoint, prompts))
+    runs = _runs(args)
+    # Each run (and the warm-up) gets prompts of its own, so that no run profits from a
+    # server's prefix cache (llama.cpp's slots, vLLM's prefix caching) filled by an earlier one.
+    prompts = build_prompts(args, len(runs) * args.num_prompts + args.num_warmup)
+    rows = asyncio.run(_sweep(args, base_url + args.endpoint, runs, prompts))
     system = args.label or base_url
     return write_results(args.output_json, "serve", vars(args), {"system": system, "results": rows})
 
@@ -122,15 +126,23 @@ class ServerUnavailable(RuntimeError):
     """The warm-up request failed: no point in measuring."""
 
 
-async def _sweep(args: argparse.Namespace, url: str, prompts: list) -> list[dict]:
+def _runs(args: argparse.Namespace) -> list[tuple[str, int | None, float | None]]:
+    """(label, requests in flight or None, arrival rate or None) of each run."""
+    if args.request_rate is not None:
+        return [(f"rate={args.request_rate:g}/s", args.max_concurrency, args.request_rate)]
+    return [(f"c={c}", c, None) for c in args.concurrency]
+
+
+async def _sweep(
+    args: argparse.Namespace, url: str, runs: list[tuple], prompts: list
+) -> list[dict]:
     deadline = time.monotonic() + args.timeout
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    model, skip = args.served_model_name, args.skip
-    bodies = [completion_body(p, args.output_len, model, skip) for p in prompts]
+    model, skip, n = args.served_model_name, args.skip, args.num_prompts
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     # trust_env=False: loopback traffic must not go through a proxy from the environment.
     async with httpx.AsyncClient(timeout=None, limits=limits, trust_env=False) as client:
-        for prompt in prompts[: args.num_warmup]:
+        for prompt in prompts[len(runs) * n :]:
             warm = completion_body(prompt, WARMUP_MAX_TOKENS, model, skip)
             try:
                 result = await asyncio.wait_for(
@@ -140,12 +152,12 @@ async def _sweep(args: argparse.Namespace, url: str, prompts: list) -> list[dict
                 result = RequestResult(error="no answer within --timeout")
             if not result.ok:
                 raise ServerUnavailable(f"warm-up request to {url} failed: {result.error}")
-        if args.request_rate is not None:
-            runs = [(f"rate={args.request_rate:g}/s", args.max_concurrency, args.request_rate)]
-        else:
-            runs = [(f"c={c}", c, None) for c in args.concurrency]
         rows = []
-        for label, concurrency, rate in runs:
+        for i, (label, concurrency, rate) in enumerate(runs):
+            bodies = [
+                completion_body(p, args.output_len, model, skip)
+                for p in prompts[i * n : (i + 1) * n]
+            ]
             results, duration = await _run(
                 client, url, bodies, headers, concurrency, rate, args.seed, deadline
             )

@@ -73,11 +73,9 @@ def test_fake_server_counts_chunks_and_forwards_fields(fake_server, tmp_path, ti
     assert body["ignore_eos"] is True and body["stream"] is True and body["temperature"] == 0
     assert body["skip"] == {"speedup": 2} and body["max_tokens"] == 6
     assert len(body["prompt"]) == 7 and all(isinstance(t, int) for t in body["prompt"])
-    # The same seed gives the same prompts in every run (in any order at concurrency 3).
-    first, second = (
-        [tuple(b["prompt"]) for b in run] for run in (fake.bodies[1:6], fake.bodies[6:])
-    )
-    assert sorted(first) == sorted(second) and len(set(first)) == 5
+    # Each run and the warm-up get prompts of their own (no server prefix cache helps a run).
+    prompts = [tuple(body["prompt"]) for body in fake.bodies]
+    assert len(set(prompts)) == len(prompts)
 
 
 def test_errors_are_counted_and_fail_the_command(fake_server, tmp_path):
