@@ -37,6 +37,8 @@ SKIP_LLAMA="${SKIP_LLAMA:-0}"
 SKIP_HF="${SKIP_HF:-0}"
 OFFLINE="${OFFLINE:-0}"
 
+# The same CPU threads for every system: torch (ours, HF) reads OMP_NUM_THREADS, llama.cpp -t.
+export OMP_NUM_THREADS="$THREADS"
 mkdir -p "$OUT/logs"
 deadline=$(( $(date +%s) + TOTAL_TIMEOUT ))
 server_pid=""
