@@ -2,7 +2,7 @@
 
 Every request is a random token-id prompt of exactly ``--input-len`` ids and generates exactly
 ``--output-len`` tokens (greedy, ``ignore_eos``). All requests are queued at once and the engine
-steps until they finish; one warm-up run comes first.
+steps until they finish; a short warm-up run per speedup comes first.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def bench_throughput(args: argparse.Namespace) -> dict:
     warmup = engine_prompts(
         engine, min(args.num_prompts, args.max_num_seqs), args.input_len, args.seed + 1
     )
-    _generate(engine, warmup, min(args.output_len, WARMUP_MAX_TOKENS), skip_for(1.0))
+    for speedup in speedups:  # every schedule once: its step shapes are warm too
+        _generate(engine, warmup, min(args.output_len, WARMUP_MAX_TOKENS), skip_for(speedup))
     prompts = engine_prompts(engine, args.num_prompts, args.input_len, args.seed)
     rows = []
     for speedup in speedups:
