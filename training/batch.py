@@ -45,6 +45,7 @@ class Batch:
         return int((self.labels != IGNORE_INDEX).sum())
 
     def to(self, device: torch.device | str) -> Batch:
+        """The same batch on ``device``."""
         return Batch(*(t.to(device) for t in vars(self).values()))
 
 

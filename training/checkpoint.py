@@ -27,6 +27,7 @@ SUMMARY_FILE = "train_summary.json"
 
 
 def rng_state() -> dict[str, Any]:
+    """Python, torch and CUDA generator states."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -34,6 +35,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -128,4 +130,5 @@ def write_summary(out_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
 
 
 def is_finished(out_dir: str | os.PathLike) -> bool:
+    """Whether ``out_dir`` holds a finished run (its summary was written)."""
     return (Path(out_dir) / SUMMARY_FILE).exists()

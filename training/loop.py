@@ -63,6 +63,7 @@ class TrainLoop:
         self.device = next(model.parameters()).device
 
     def autocast(self):
+        """bf16 autocast on the model's device, or nothing for fp32."""
         if self.cfg.dtype == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)

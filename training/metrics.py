@@ -64,6 +64,7 @@ def bleu_from_statistics(stats: np.ndarray) -> float:
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Multi-reference corpus BLEU, one hypothesis per MR."""
     return bleu_from_statistics(bleu_statistics(hypotheses, references))
 
 

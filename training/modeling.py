@@ -23,6 +23,7 @@ LORA_TARGETS = {  # every linear layer of the decoder blocks (the LM head stays 
 
 
 def pick_device(device: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -91,4 +92,5 @@ def merged(model: nn.Module) -> nn.Module:
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters the optimizer updates, by name (all for full fine-tuning, adapters for LoRA)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}

@@ -93,10 +93,13 @@ class TrainConfig:
 
 
 def preset_skips(cfg: TrainConfig) -> list[SkipConfig]:
+    """One speedup preset per configured speedup, with the run's decay and warm-up."""
     return [SkipConfig.for_speedup(x, cfg.decay_tokens, cfg.warmup_layers) for x in cfg.speedups]
 
 
 def linear_warmup_decay(total_steps: int, warmup_steps: int):
+    """LR factor per step: linear warm-up to 1, then linear decay to 0 at ``total_steps``."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
