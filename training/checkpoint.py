@@ -4,11 +4,13 @@
 states; ``--resume`` continues from it exactly. ``OUT/`` itself becomes a normal Hugging Face
 model directory (LoRA merged, safetensors, config.json, tokenizer) plus ``skip_schedule.json``
 (written through :mod:`skipdecode.checkpoint_schedule`, which the engine reads) and, last of all,
-``train_summary.json``, whose presence marks a finished run.
+``train_summary.json``, whose presence marks a finished run (the resumable state is then
+deleted: a finished run is never resumed, only skipped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -127,6 +129,14 @@ def save_final(
 def write_summary(out_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
     """The last file written: its presence means the run finished."""
     (Path(out_dir) / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def remove_state(out_dir: str | os.PathLike) -> None:
+    """Delete the resumable state of a finished run (optimizer moments: twice the model size)."""
+    path = Path(out_dir) / STATE_FILE
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
 
 
 def is_finished(out_dir: str | os.PathLike) -> bool:

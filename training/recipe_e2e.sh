@@ -8,11 +8,12 @@
 # Usage:  training/recipe_e2e.sh [OUT]            (default OUT: runs/e2e)
 # Resumable: rerun the same command after an interruption. A finished stage is skipped; a
 # started training stage continues from its last saved state (every SAVE_EVERY steps).
-# Budget (2-core CPU): (b) ~25-40 min, (c) ~35-55 min (the teacher adds a forward pass),
-# eval ~10 min. Knobs (environment): EPOCHS_FULL, EPOCHS_SKIP, BATCH, LR, SPEEDUPS_TRAIN,
-# KL_WEIGHT, DECAY_TOKENS, WARMUP_LAYERS, SPEEDUPS_EVAL, DATA, VAL_PERCENT, DEVICE, SAVE_EVERY;
-# for a quick smoke run of the whole pipeline: MAX_STEPS (per training stage), MAX_MRS and
-# MAX_TOKENS (eval);
+# Budget on the 2-core CPU when it is otherwise idle (smoke-run rates: (b) ~220 tokens/s,
+# (c) ~145 tokens/s as the teacher adds a forward pass; 345k tokens per epoch): (b) 1 epoch
+# ~26 min, (c) 1.5 epochs ~60 min, eval ~5 min; about 1.5 h in all. EPOCHS_SKIP=1 saves ~20 min.
+# Knobs (environment): EPOCHS_FULL, EPOCHS_SKIP, BATCH, LR, SPEEDUPS_TRAIN, KL_WEIGHT,
+# DECAY_TOKENS, WARMUP_LAYERS, SPEEDUPS_EVAL, DATA, VAL_PERCENT, DEVICE, SAVE_EVERY; for a quick
+# smoke run of the whole pipeline: MAX_STEPS (per training stage), MAX_MRS and MAX_TOKENS (eval);
 # BASE replaces the base model (a .gguf file or an HF directory).
 set -euo pipefail
 
@@ -22,7 +23,7 @@ if [[ -x "$ROOT/.venv/bin/skipdecode" ]]; then BIN="$ROOT/.venv/bin"; else BIN=$
 SKIPDECODE="$BIN/skipdecode"
 
 EPOCHS_FULL=${EPOCHS_FULL:-1}
-EPOCHS_SKIP=${EPOCHS_SKIP:-1}
+EPOCHS_SKIP=${EPOCHS_SKIP:-1.5}
 BATCH=${BATCH:-16}
 SPEEDUPS_TRAIN=${SPEEDUPS_TRAIN:-1,2,3}
 KL_WEIGHT=${KL_WEIGHT:-1.0}

@@ -154,6 +154,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
         "config": fingerprint,
     }
     checkpoint.write_summary(out_dir, summary)
+    checkpoint.remove_state(out_dir)
     return summary
 
 

@@ -39,6 +39,7 @@ def test_train_two_steps_writes_a_servable_checkpoint(tiny_llama_dir, e2e_csv, t
     assert record["data"]["split_rule"] == SPLIT_RULE
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 2 and summary["tokens"] > 0
+    assert not (out / "resume").exists()  # a finished run keeps no optimizer state
     # The merged checkpoint loads in the engine, which serves the 2x schedule by default.
     llm = LLM(str(out), dtype="float32", num_kv_blocks=64, block_size=4)
     schedule = llm.engine.resolve_skip(None)
