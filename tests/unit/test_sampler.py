@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
+
 from skipdecode.model_runner.sampler import (
     Sampler,
     SamplingBatch,
