@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -11,28 +10,38 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 import skipdecode
 from skipdecode.async_engine import AsyncEngine
 from skipdecode.config import EngineConfig
 from skipdecode.server.config import ServerConfig
 from skipdecode.server.engine_client import EngineClient
-from skipdecode.server.errors import APIError, install_error_handlers
+from skipdecode.server.errors import install_error_handlers
 from skipdecode.server.metrics import Metrics
+from skipdecode.server.middleware import APIKeyMiddleware, BodySizeLimitMiddleware
+from skipdecode.server.openapi import install_openapi, responses
 from skipdecode.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeRequest,
     TokenizeRequest,
 )
+from skipdecode.server.responses import (
+    ChatCompletionResponse,
+    CompletionResponse,
+    DetokenizeResponse,
+    HealthResponse,
+    ModelList,
+    StatsResponse,
+    TokenizeResponse,
+    VersionResponse,
+)
 from skipdecode.server.serving_chat import create_chat_completion
 from skipdecode.server.serving_completions import create_completion
 from skipdecode.server.serving_tokens import detokenize, tokenize
 
 logger = logging.getLogger(__name__)
-PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/internal/")
 
 
 def build_app(engine_config: EngineConfig, server_config: ServerConfig) -> FastAPI:
@@ -66,8 +75,11 @@ def build_app(engine_config: EngineConfig, server_config: ServerConfig) -> FastA
     install_error_handlers(app)
     app.include_router(_open_routes())
     app.include_router(_api_routes(server_config))
+    install_openapi(app, server_config)
+    # The last added runs first: the key is checked before a body is read.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=server_config.max_request_bytes)
     if server_config.api_key is not None:
-        app.add_middleware(_APIKeyMiddleware, api_key=server_config.api_key)
+        app.add_middleware(APIKeyMiddleware, api_key=server_config.api_key)
     return app
 
 
@@ -85,39 +97,19 @@ def get_client(request: Request) -> EngineClient:
 Client = Annotated[EngineClient, Depends(get_client)]
 
 
-class _APIKeyMiddleware:
-    """401 on the API paths unless ``Authorization: Bearer <key>`` matches (constant time)."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app = app
-        self._key = api_key.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES):
-            headers = dict(scope["headers"])
-            scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                token.strip().encode("latin-1"), self._key
-            ):
-                error = APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-                await error.response()(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def _open_routes() -> APIRouter:
     router = APIRouter()
 
-    @router.get("/health")
+    @router.get("/health", responses=responses(HealthResponse, 503))
     async def health(client: Client) -> Response:
         client.check_ready()
         return JSONResponse({"status": "ok"})
 
-    @router.get("/version")
+    @router.get("/version", response_model=None, responses=responses(VersionResponse))
     async def version() -> dict:
         return {"version": skipdecode.__version__}
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         body, content_type = request.app.state.metrics.render()
         return Response(body, headers={"Content-Type": content_type})
@@ -129,7 +121,7 @@ def _api_routes(config: ServerConfig) -> APIRouter:
     router = APIRouter()
     created = int(time.time())  # when the app was built: the models' "created"
 
-    @router.get("/v1/models")
+    @router.get("/v1/models", response_model=None, responses=responses(ModelList))
     async def models(client: Client) -> dict:
         cards = [
             {
@@ -144,25 +136,35 @@ def _api_routes(config: ServerConfig) -> APIRouter:
         ]
         return {"object": "list", "data": cards}
 
-    @router.post("/v1/completions")
+    @router.post(
+        "/v1/completions",
+        responses=responses(CompletionResponse, 400, 404, 413, 500, 503, stream=True),
+    )
     async def completions(body: CompletionRequest, request: Request, client: Client) -> Response:
         return await create_completion(client, body, request)
 
-    @router.post("/v1/chat/completions")
+    @router.post(
+        "/v1/chat/completions",
+        responses=responses(ChatCompletionResponse, 400, 404, 413, 500, 503, stream=True),
+    )
     async def chat_completions(
         body: ChatCompletionRequest, request: Request, client: Client
     ) -> Response:
         return await create_chat_completion(client, body, request)
 
-    @router.post("/tokenize")
+    @router.post(
+        "/tokenize", response_model=None, responses=responses(TokenizeResponse, 400, 404, 413)
+    )
     async def tokenize_route(body: TokenizeRequest, client: Client) -> dict:
-        return tokenize(client, body)
+        return await tokenize(client, body)
 
-    @router.post("/detokenize")
+    @router.post(
+        "/detokenize", response_model=None, responses=responses(DetokenizeResponse, 400, 404, 413)
+    )
     async def detokenize_route(body: DetokenizeRequest, client: Client) -> dict:
         return detokenize(client, body)
 
-    @router.get("/internal/stats")
+    @router.get("/internal/stats", response_model=None, responses=responses(StatsResponse))
     async def internal_stats(client: Client) -> dict:
         return client.stats()
 

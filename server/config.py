@@ -13,6 +13,7 @@ class ServerConfig:
     ``served_model_names``: the names clients may pass as ``model``; the first one is reported.
     ``max_queue_len``: requests waiting for the engine before new ones get 503 (None: no limit).
     ``shutdown_timeout``: seconds in-flight requests get to finish after SIGTERM.
+    ``max_request_bytes``: larger request bodies get 413 before they are parsed.
     """
 
     served_model_names: tuple[str, ...]
@@ -22,6 +23,7 @@ class ServerConfig:
     max_queue_len: int | None = None
     shutdown_timeout: float = 10.0
     log_level: str = "info"
+    max_request_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "served_model_names", tuple(self.served_model_names))
@@ -33,6 +35,8 @@ class ServerConfig:
             raise ValueError("ServerConfig.api_key must not be empty (use None for no key)")
         if self.max_queue_len is not None and self.max_queue_len < 1:
             raise ValueError(f"ServerConfig.max_queue_len must be >= 1 (got {self.max_queue_len})")
+        if not (isinstance(self.max_request_bytes, int) and self.max_request_bytes >= 1):
+            raise ValueError("ServerConfig.max_request_bytes must be an integer >= 1")
         if not self.shutdown_timeout >= 0:
             raise ValueError("ServerConfig.shutdown_timeout must be >= 0")
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from skipdecode.async_engine import AsyncEngine
 from skipdecode.scheduler import SkipConfig
+from skipdecode.scheduler.skip import preset_schedule
 from skipdecode.server.choice_stream import ChoiceSpec, ChoiceStream
 from skipdecode.server.config import ServerConfig
 from skipdecode.server.errors import APIError, as_invalid_request, unavailable
+from skipdecode.server.protocol import SkipRequest
 
 logger = logging.getLogger(__name__)
+# Text longer than this is tokenized (or templated) on a worker thread: a megabyte takes about a
+# second, which would stall every other request and /health on the event loop.
+OFFLOAD_CHARS = 16_384
 
 
 class EngineClient:
@@ -67,6 +73,22 @@ class EngineClient:
         with as_invalid_request(param):
             return self.async_engine.engine.tokenize(prompt)
 
+    async def tokenize_text(
+        self, prompt: str | list[int], add_special_tokens: bool = True
+    ) -> list[int]:
+        """``tokenize``, off the event loop for long text."""
+        if isinstance(prompt, str) and len(prompt) > OFFLOAD_CHARS:
+            return await asyncio.to_thread(self.tokenize, prompt, add_special_tokens)
+        return self.tokenize(prompt, add_special_tokens)
+
+    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """``apply_chat_template``, off the event loop for long conversations."""
+        if sum(len(m["content"]) for m in messages) > OFFLOAD_CHARS:
+            return await asyncio.to_thread(
+                self.apply_chat_template, messages, add_generation_prompt
+            )
+        return self.apply_chat_template(messages, add_generation_prompt)
+
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         tokenizer = self.require_tokenizer()
         if not getattr(tokenizer, "chat_template", None):
@@ -86,6 +108,16 @@ class EngineClient:
         if requested is not None:
             return requested
         return max(self.max_model_len - prompt_len, 1)
+
+    def skip_config(self, skip: SkipRequest | None) -> SkipConfig | None:
+        """A request's ``skip`` as a SkipConfig (400 if invalid); a speedup preset comes back as
+        explicit knobs, looked up once per distinct target (each search tries every depth pair
+        over ``decay_tokens`` tokens)."""
+        if skip is None:
+            return None
+        with as_invalid_request():
+            config = skip.to_config()
+            return config if config.speedup is None else _preset_knobs(self.num_layers, config)
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -126,3 +158,17 @@ class EngineClient:
             "kv_total_blocks": engine.kv_cache.num_blocks,
             "is_draining": self.is_draining,
         }
+
+
+@functools.lru_cache(maxsize=256)
+def _preset_knobs(num_layers: int, config: SkipConfig) -> SkipConfig:
+    """The explicit knobs of a speedup preset: they resolve to the same schedule."""
+    schedule = preset_schedule(
+        num_layers, config.speedup, config.decay_tokens, config.warmup_layers
+    )
+    return SkipConfig(
+        warmup_layers=schedule.warmup_layers,
+        max_depth=schedule.max_depth,
+        min_depth=schedule.min_depth,
+        decay_tokens=schedule.decay_tokens,
+    )

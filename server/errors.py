@@ -6,6 +6,7 @@ installed here turn everything into that body with the right status code.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from skipdecode.async_engine import EngineDeadError, QueueFullError, StepFailedError
+from skipdecode.server.protocol import SkipRequest
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER_S = 1  # what a 503 asks clients to wait before retrying
@@ -54,7 +56,15 @@ class APIError(Exception):
         }
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers)
+        return _ErrorJSON(self.body(), status_code=self.status_code, headers=self.headers)
+
+
+class _ErrorJSON(JSONResponse):
+    """ASCII-escaped JSON: a message that quotes the request stays renderable whatever it holds
+    (``ensure_ascii=False`` fails on a lone surrogate)."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def invalid_request(exc: ValueError, param: str | None = None) -> APIError:
@@ -112,11 +122,24 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         field = ".".join(p for p in loc if not _is_union_tag(p))
         parts.append(f"{field}: {err.get('msg')}" if field else str(err.get("msg")))
     first_loc = [str(p) for p in errors[0].get("loc", ()) if p != "body"] if errors else []
-    return "; ".join(dict.fromkeys(parts)), (first_loc[0] if first_loc else None)
+    return "; ".join(dict.fromkeys(parts)), _param(first_loc)
+
+
+def _param(loc: list[str]) -> str | None:
+    """The top-level field, or ``skip.<knob>`` for a schedule knob (as SkipConfig names it)."""
+    if not loc:
+        return None
+    if loc[0] == "skip" and len(loc) > 1 and loc[1] in SkipRequest.model_fields:
+        return f"skip.{loc[1]}"
+    return loc[0]
 
 
 def _is_union_tag(part: str) -> bool:
-    return "[" in part or part in ("str", "int", "float", "bool", "list", "dict")
+    return (
+        "[" in part
+        or part.startswith(("constrained-", "function-"))
+        or part in ("str", "int", "float", "bool", "list", "dict")
+    )
 
 
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,9 +161,16 @@ async def _on_engine_error(request: Request, exc: Exception) -> JSONResponse:
     return from_engine_error(exc).response()
 
 
+async def _on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # A bug: still a 500 in OpenAI's shape (Starlette re-raises it afterwards, so the
+    # traceback reaches the server log).
+    return APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(APIError, _on_api_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     for exc_type in (QueueFullError, EngineDeadError, StepFailedError):
         app.add_exception_handler(exc_type, _on_engine_error)
+    app.add_exception_handler(Exception, _on_unexpected_error)

@@ -1,21 +1,59 @@
 """OpenAI request bodies (pydantic), plus the ``skip`` extension.
 
-Ranges that ``SamplingParams`` and ``SkipConfig`` already check are left to them (their
-ValueError names the field and becomes a 400); here go types and the API-only limits.
+The field constraints here are what the OpenAPI document (``/openapi.json``) tells clients, so
+they mirror the ranges ``SamplingParams`` and ``SkipConfig`` check; checks that need the model
+(vocabulary, context length, layer count) stay with the engine, whose ValueError names the field
+and becomes a 400 too. The API-only limits (choices, stop strings, decay length) live here.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skipdecode.scheduler import SamplingParams, SkipConfig
 
 MAX_N = 64  # choices per request (each is one engine request)
+MAX_NUM_CHOICES = 256  # prompts x n per completion request
 MAX_LOGPROBS = 20
+MAX_STOP = 16  # stop strings per request
+# The schedule is tabulated per token up to decay_tokens (and presets search over it): bounded.
+MAX_DECAY_TOKENS = 1024
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds (torch takes 64 bits)
 # OpenAI fields that would change the result but are not implemented: refused (400), not ignored.
 UNSUPPORTED_FIELDS = ("best_of", "logit_bias", "suffix", "tools", "functions", "response_format")
+
+
+NonEmptyText = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+Stop = NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP)]
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """True if any string in the decoded JSON is not valid Unicode (JSON's ``"\\ud800"``)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+class RequestBody(BaseModel):
+    """Base of every request body: its strings must be valid Unicode (tokenizers need it)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        if _has_lone_surrogate(data):
+            raise ValueError("the request contains a string that is not valid Unicode")
+        return data
 
 
 class SkipRequest(BaseModel):
@@ -27,11 +65,11 @@ class SkipRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    speedup: float | None = None
-    warmup_layers: int | None = None
-    max_depth: int | None = None
-    min_depth: int | None = None
-    decay_tokens: int | None = None
+    speedup: float | None = Field(None, ge=1, allow_inf_nan=False)
+    warmup_layers: int | None = Field(None, ge=0)
+    max_depth: int | None = Field(None, ge=1)
+    min_depth: int | None = Field(None, ge=1)
+    decay_tokens: int | None = Field(None, ge=1, le=MAX_DECAY_TOKENS)
 
     def to_config(self) -> SkipConfig:
         """Raises ValueError (naming the knob) for an invalid combination."""
@@ -42,23 +80,23 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingRequest(BaseModel):
+class SamplingRequest(RequestBody):
     """Fields shared by completions and chat completions; unknown extra fields are ignored."""
 
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None  # None: the served model
-    max_tokens: int | None = None  # None: the rest of the context, like vLLM
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_tokens: int | None = Field(None, ge=1)  # None: the rest of the context, like vLLM
+    temperature: float = Field(1.0, ge=0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     top_k: int = 0  # <= 0 disables it (vLLM's -1 works too)
-    min_p: float = 0.0
+    min_p: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
     n: int = Field(1, ge=1, le=MAX_N)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
+    stop: Stop | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False)
     ignore_eos: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -100,7 +138,12 @@ class SamplingRequest(BaseModel):
 class CompletionRequest(SamplingRequest):
     """POST /v1/completions."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: (
+        NonEmptyText
+        | Annotated[list[NonEmptyText], Field(min_length=1)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    )
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
@@ -134,7 +177,7 @@ class ChatCompletionRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
@@ -152,7 +195,7 @@ class ChatCompletionRequest(SamplingRequest):
         ]
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestBody):
     """POST /tokenize: a prompt, or chat messages rendered through the chat template."""
 
     model: str | None = None
@@ -162,8 +205,8 @@ class TokenizeRequest(BaseModel):
     add_generation_prompt: bool = True
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(RequestBody):
     """POST /detokenize."""
 
     model: str | None = None
-    tokens: list[int]
+    tokens: list[Annotated[int, Field(ge=0)]]

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from skipdecode.outputs import RequestOutput
 from skipdecode.server.choice_stream import ChoiceStream
 from skipdecode.server.engine_client import EngineClient
-from skipdecode.server.errors import APIError, as_invalid_request
+from skipdecode.server.errors import APIError
 from skipdecode.server.logprobs import chat_logprobs
 from skipdecode.server.protocol import ChatCompletionRequest
 from skipdecode.server.serving_common import (
@@ -36,12 +36,11 @@ async def create_chat_completion(
     client.check_model(body.model)
     check_stream_options(body)
     logprobs = _num_logprobs(body)
-    prompt = client.apply_chat_template(body.template_messages())
+    prompt = await client.render_chat(body.template_messages())
     # The template already wrote the special tokens (e.g. <|im_start|>): add none.
-    prompt_ids = client.tokenize(prompt, add_special_tokens=False)
+    prompt_ids = await client.tokenize_text(prompt, add_special_tokens=False)
     max_tokens = client.default_max_tokens(body.requested_max_tokens, len(prompt_ids))
-    with as_invalid_request():
-        skip = body.skip.to_config() if body.skip is not None else None
+    skip = client.skip_config(body.skip)
     response_id = new_id("chatcmpl")
     specs = build_specs(response_id, [prompt_ids], body, [max_tokens], logprobs)
     stream = await client.open(specs, skip)

@@ -10,9 +10,9 @@ from fastapi.responses import JSONResponse, Response
 from skipdecode.outputs import RequestOutput
 from skipdecode.server.choice_stream import ChoiceSpec, ChoiceStream
 from skipdecode.server.engine_client import EngineClient
-from skipdecode.server.errors import APIError, as_invalid_request
+from skipdecode.server.errors import APIError
 from skipdecode.server.logprobs import completion_logprobs
-from skipdecode.server.protocol import CompletionRequest
+from skipdecode.server.protocol import MAX_NUM_CHOICES, CompletionRequest
 from skipdecode.server.serving_common import (
     build_specs,
     check_stream_options,
@@ -35,10 +35,12 @@ async def create_completion(
     prompts = body.prompts()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise APIError(400, "prompt must not be empty", param="prompt")
-    prompts_ids = [client.tokenize(p) for p in prompts]
+    if len(prompts) * body.n > MAX_NUM_CHOICES:
+        message = f"prompts x n = {len(prompts) * body.n} choices; at most {MAX_NUM_CHOICES}"
+        raise APIError(400, message, param="prompt")
+    prompts_ids = [await client.tokenize_text(p) for p in prompts]
     max_tokens = [client.default_max_tokens(body.max_tokens, len(ids)) for ids in prompts_ids]
-    with as_invalid_request():
-        skip = body.skip.to_config() if body.skip is not None else None
+    skip = client.skip_config(body.skip)
     response_id = new_id("cmpl")
     specs = build_specs(response_id, prompts_ids, body, max_tokens, body.logprobs)
     echoes = [_echo_text(client, p) if body.echo else "" for p in prompts]

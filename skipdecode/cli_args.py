@@ -76,6 +76,12 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         help="seconds in-flight requests get to finish after SIGTERM, then they are aborted",
     )
     group.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="larger request bodies get 413 (default: 4 MiB)",
+    )
+    group.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
 
@@ -90,6 +96,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_queue_len=args.max_queue_len,
         shutdown_timeout=args.shutdown_timeout,
         log_level=args.log_level,
+        max_request_bytes=args.max_request_bytes,
     )
 
 

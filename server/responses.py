@@ -1,0 +1,143 @@
+"""Response bodies, as pydantic models for the OpenAPI document.
+
+The handlers build plain dicts (serving_*.py); these models say what those dicts hold, so
+``/openapi.json`` describes the real responses and a schema fuzzer can check them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every error: 400, 401, 404, 413, 500, 503."""
+
+    error: ErrorInfo
+
+
+class Usage(BaseModel):
+    """OpenAI's counters plus SkipDecode's (docs/api.md)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    layers_computed: int
+    layers_skipped: int
+    theoretical_speedup: float
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: Literal["stop", "length", "abort"] | None
+    stop_reason: int | str | None
+
+
+class CompletionResponse(BaseModel):
+    """``POST /v1/completions`` without ``stream`` (streamed: SSE chunks of the same shape)."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatMessageOut
+    logprobs: ChatLogprobs | None
+    finish_reason: Literal["stop", "length", "abort"] | None
+    stop_reason: int | str | None
+
+
+class ChatCompletionResponse(BaseModel):
+    """``POST /v1/chat/completions`` without ``stream`` (streamed: ``chat.completion.chunk``)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    max_model_len: int
+    num_layers: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class StatsResponse(BaseModel):
+    """``GET /internal/stats``: engine occupancy (for tests and operators; not a stable API)."""
+
+    num_running: int
+    num_waiting: int
+    num_unfinished: int
+    num_open_responses: int
+    kv_used_blocks: int
+    kv_total_blocks: int
+    is_draining: bool
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class VersionResponse(BaseModel):
+    version: str
