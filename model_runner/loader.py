@@ -26,7 +26,7 @@ def build_model(config, path: str | None, dtype: torch.dtype, device: torch.devi
         _init_random(model)
     else:
         load_weights(model, iter_weights(path))
-    _rebuild_buffers(model, config, device)
+    _rebuild_buffers(model, config, device, dtype)
     if can_pack(model):
         pack_linears(model)
     return model.eval()
@@ -92,8 +92,8 @@ def _init_random(model: nn.Module) -> None:
                 param.copy_(values.to(param.dtype))
 
 
-def _rebuild_buffers(model: nn.Module, config, device: torch.device) -> None:
-    # Buffers (RoPE tables) were created on the meta device; recompute them for real, in fp32.
+def _rebuild_buffers(model: nn.Module, config, device: torch.device, dtype: torch.dtype) -> None:
+    # Buffers (RoPE tables) were created on the meta device; recompute them for real.
     for module in model.modules():
         if hasattr(module, "rebuild"):
-            module.rebuild(config, device)
+            module.rebuild(config, device, dtype)

@@ -16,21 +16,25 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", torch.empty(0), persistent=False)
         self.rebuild(config, self.cos.device)
 
-    def rebuild(self, config, device: torch.device) -> None:
-        """(Re)compute the fp32 cos/sin tables, e.g. after the model left the meta device."""
+    def rebuild(self, config, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        """(Re)compute the cos/sin tables, e.g. after the model left the meta device.
+
+        They are computed in fp32 and stored in the activation dtype, which is exactly what
+        Hugging Face does per call (cos/sin cast to the query dtype).
+        """
         inv_freq, scaling = _inverse_frequencies(config)
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq.float())
         emb = torch.cat((freqs, freqs), dim=-1).to(device)  # [max_positions, head_dim]
-        self.cos = emb.cos() * scaling
-        self.sin = emb.sin() * scaling
+        self.cos = (emb.cos() * scaling).to(dtype)
+        self.sin = (emb.sin() * scaling).to(dtype)
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # q: [n, heads, head_dim], k: [n, kv_heads, head_dim]; cos/sin: [n, 1, head_dim]
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        cos = self.cos[positions].unsqueeze(1)
+        sin = self.sin[positions].unsqueeze(1)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
