@@ -22,6 +22,7 @@ from skipdecode.server.protocol import SkipRequest
 
 logger = logging.getLogger(__name__)
 RETRY_AFTER_S = 1  # what a 503 asks clients to wait before retrying
+_FASTAPI_PARSE_ERROR = "There was an error parsing the body"
 _FIELD = re.compile(r"^(SamplingParams|SkipConfig)\.(\w+)")
 
 
@@ -120,7 +121,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         # Unions report each alternative's path (prompt.str, prompt.list[int].0): drop the tags.
         field = ".".join(p for p in loc if not _is_union_tag(p))
-        parts.append(f"{field}: {err.get('msg')}" if field else str(err.get("msg")))
+        parts.append(f"{field or 'request body'}: {err.get('msg')}")
     first_loc = [str(p) for p in errors[0].get("loc", ()) if p != "body"] if errors else []
     return "; ".join(dict.fromkeys(parts)), _param(first_loc)
 
@@ -154,7 +155,12 @@ async def _on_api_error(request: Request, exc: APIError) -> JSONResponse:
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
     headers = getattr(exc, "headers", None)
-    return APIError(exc.status_code, str(exc.detail), type=kind, headers=headers).response()
+    message = str(exc.detail)
+    if message == _FASTAPI_PARSE_ERROR:  # json.loads failed for another reason than syntax
+        message = (
+            "request body is not JSON we can parse (invalid UTF-8, too deep, or too long a number)"
+        )
+    return APIError(exc.status_code, message, type=kind, headers=headers).response()
 
 
 async def _on_engine_error(request: Request, exc: Exception) -> JSONResponse:
