@@ -7,12 +7,6 @@ of torch when used alone.
 from __future__ import annotations
 
 import importlib
-import os
-
-# Idle OpenMP workers sleep instead of spinning. On a few cores shared with the HTTP event loop
-# (or anything else), spinning workers made decode steps up to 8x slower in our measurements.
-# It must be set before torch loads; a user's explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
