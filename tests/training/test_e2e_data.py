@@ -9,7 +9,6 @@ import pytest
 
 from skipdecode.training.batch import IGNORE_INDEX, collate
 from skipdecode.training.e2e import (
-    DEFAULT_E2E_CSV,
     SYSTEM_PROMPT,
     encode_rows,
     is_validation,
@@ -20,8 +19,19 @@ from skipdecode.training.e2e import (
 
 
 @pytest.fixture(scope="module")
-def devset():
-    return read_e2e_csv(DEFAULT_E2E_CSV)
+def devset(tmp_path_factory):
+    """An E2E-shaped CSV built here (400 MRs, 1-5 references each), so CI needs no data files."""
+    rng = random.Random(7)
+    names = ["Aromi", "The Eagle", "Zizzi", "Cotto", "Giraffe", "Bibimbap House", "Strada"]
+    foods = ["Chinese", "English", "French", "Indian", "Italian", "Japanese", "Fast food"]
+    lines = ["mr,ref"]
+    for i in range(400):
+        mr = f"name[{rng.choice(names)} {i}], food[{rng.choice(foods)}], priceRange[{i % 7}]"
+        for j in range(rng.randint(1, 5)):
+            lines.append(f'"{mr}","Reference {j} for restaurant {i}, which serves food."')
+    path = tmp_path_factory.mktemp("e2e") / "devset.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return read_e2e_csv(path)
 
 
 def test_split_never_puts_an_mr_on_both_sides(devset):
