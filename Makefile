@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: setup serve test lint format clean
+.PHONY: setup serve test stress lint format clean
 
 # CPU install: torch is pinned to the CPU wheel; the GPU Docker image picks its own CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -27,6 +27,11 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The long reliability runs (docs/reliability.md): 10,000+ fuzz cases, bigger storms and bursts,
+# a 10-minute soak.
+stress: setup
+	SKIPDECODE_STRESS=1 $(BIN)/python -m pytest -q -s tests/reliability --timeout 3600
 
 lint: setup
 	$(BIN)/ruff format --check . && $(BIN)/ruff check .

@@ -34,6 +34,7 @@ class EngineClient:
         self.tokenizer = engine.tokenizer
         self.max_model_len: int = engine.max_model_len
         self.num_layers: int = engine.num_layers
+        self.vocab_size: int = engine.hf_config.vocab_size
         self.is_draining = False
         self._live: set[ChoiceStream] = set()
 

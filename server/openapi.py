@@ -69,6 +69,7 @@ def install_openapi(app: FastAPI, config: ServerConfig) -> None:
 
 
 def build_openapi(app: FastAPI, config: ServerConfig) -> dict:
+    """FastAPI's document, corrected: 400s not 422s, the key, model names, the vocabulary."""
     schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -87,6 +88,22 @@ def build_openapi(app: FastAPI, config: ServerConfig) -> dict:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     # `model` must be a served name (else 404): say which.
     names = {"type": "string", "enum": list(config.served_model_names)}
+    client = getattr(app.state, "client", None)  # set once the engine runs
     for name in _REQUEST_BODIES:
         schemas[name]["properties"]["model"]["anyOf"] = [names, {"type": "null"}]
+        if client is not None:
+            _bound_token_ids(schemas[name], client.vocab_size)
     return schema
+
+
+def _bound_token_ids(node: Any, vocab_size: int) -> None:
+    """Token ids (the only integer arrays in request bodies) must be in the vocabulary."""
+    if isinstance(node, dict):
+        items = node.get("items")
+        if isinstance(items, dict) and items.get("type") == "integer":
+            items["maximum"] = vocab_size - 1
+        for value in node.values():
+            _bound_token_ids(value, vocab_size)
+    elif isinstance(node, list):
+        for value in node:
+            _bound_token_ids(value, vocab_size)

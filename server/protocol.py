@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic_core import PydanticCustomError
 
 from skipdecode.scheduler import SamplingParams, SkipConfig
 
@@ -25,8 +26,27 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds (torch takes 64 bits)
 UNSUPPORTED_FIELDS = ("best_of", "logit_bias", "suffix", "tools", "functions", "response_format")
 
 
+def _not_bool_or_text(value: Any) -> Any:
+    if isinstance(value, (bool, str)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+def _int(**bounds: int) -> Any:
+    """An integer as JSON Schema means it (``2`` or ``2.0``; not ``true``, ``"2"`` or ``2.5``),
+    within ``bounds`` (the ``Field`` sits inside, so the document shows them)."""
+    return Annotated[int, Field(**bounds), Strict(False), BeforeValidator(_not_bool_or_text)]
+
+
+Int = _int()
+PositiveInt = _int(ge=1)
+NonNegativeInt = _int(ge=0)
+NumChoices = _int(ge=1, le=MAX_N)
+NumLogprobs = _int(ge=0, le=MAX_LOGPROBS)
+DecayTokens = _int(ge=1, le=MAX_DECAY_TOKENS)
+Seed = _int(ge=INT64_MIN, le=INT64_MAX)
 NonEmptyText = Annotated[str, Field(min_length=1)]
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+TokenIds = Annotated[list[NonNegativeInt], Field(min_length=1)]
 Stop = NonEmptyText | Annotated[list[NonEmptyText], Field(max_length=MAX_STOP)]
 
 
@@ -45,7 +65,13 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-class RequestBody(BaseModel):
+class StrictModel(BaseModel):
+    """JSON types as the document says: no ``true`` for a number, no ``"5"`` for an integer."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class RequestBody(StrictModel):
     """Base of every request body: its strings must be valid Unicode (tokenizers need it)."""
 
     @model_validator(mode="before")
@@ -56,7 +82,7 @@ class RequestBody(BaseModel):
         return data
 
 
-class SkipRequest(BaseModel):
+class SkipRequest(StrictModel):
     """The ``skip`` field: a target ``speedup`` or the explicit depth-schedule knobs.
 
     Given, it replaces the server's default schedule; knobs left out take SkipConfig's
@@ -66,17 +92,17 @@ class SkipRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     speedup: float | None = Field(None, ge=1, allow_inf_nan=False)
-    warmup_layers: int | None = Field(None, ge=0)
-    max_depth: int | None = Field(None, ge=1)
-    min_depth: int | None = Field(None, ge=1)
-    decay_tokens: int | None = Field(None, ge=1, le=MAX_DECAY_TOKENS)
+    warmup_layers: NonNegativeInt | None = None
+    max_depth: PositiveInt | None = None
+    min_depth: PositiveInt | None = None
+    decay_tokens: DecayTokens | None = None
 
     def to_config(self) -> SkipConfig:
         """Raises ValueError (naming the knob) for an invalid combination."""
         return SkipConfig(**self.model_dump(exclude_none=True))
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
@@ -86,14 +112,14 @@ class SamplingRequest(RequestBody):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None  # None: the served model
-    max_tokens: int | None = Field(None, ge=1)  # None: the rest of the context, like vLLM
+    max_tokens: PositiveInt | None = None  # None: the rest of the context, like vLLM
     temperature: float = Field(1.0, ge=0, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
-    top_k: int = 0  # <= 0 disables it (vLLM's -1 works too)
+    top_k: Int = 0  # <= 0 disables it (vLLM's -1 works too)
     min_p: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
-    n: int = Field(1, ge=1, le=MAX_N)
+    n: NumChoices = 1
     stop: Stop | None = None
-    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    seed: Seed | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
     frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
     repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False)
@@ -145,7 +171,7 @@ class CompletionRequest(SamplingRequest):
         | Annotated[list[TokenIds], Field(min_length=1)]
     )
     echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    logprobs: NumLogprobs | None = None
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt (a batch of strings or of token-id lists, or a single one)."""
@@ -157,12 +183,12 @@ class CompletionRequest(SamplingRequest):
         return list(prompt)
 
 
-class TextPart(BaseModel):
+class TextPart(StrictModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(StrictModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -177,9 +203,9 @@ class ChatCompletionRequest(SamplingRequest):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: NumLogprobs | None = None
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -209,4 +235,4 @@ class DetokenizeRequest(RequestBody):
     """POST /detokenize."""
 
     model: str | None = None
-    tokens: list[Annotated[int, Field(ge=0)]]
+    tokens: list[NonNegativeInt]

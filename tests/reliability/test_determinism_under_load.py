@@ -10,7 +10,7 @@ import random
 
 import httpx
 import pytest
-from conftest import ServerProcess, metric_value, stress_or, tiny_args, wait_for_idle
+from reliability_helpers import ServerProcess, metric_value, stress_or, tiny_args, wait_for_idle
 
 NUM_REQUESTS = stress_or(32, 128)
 # fp32 tiny Llama: a 16-position block of one layer holds 2 x 16 x 2 x 16 x 4 B = 4 KiB, so

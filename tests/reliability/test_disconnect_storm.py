@@ -8,7 +8,7 @@ import asyncio
 import random
 
 import httpx
-from conftest import metric_value, stress_or, wait_for_idle
+from reliability_helpers import metric_value, stress_or, wait_for_idle
 
 NUM_STREAMS = stress_or(500, 5000)
 WAVE = 50  # streams in flight at once

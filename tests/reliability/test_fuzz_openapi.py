@@ -13,8 +13,14 @@ import httpx
 import pytest
 import requests
 import schemathesis
-from conftest import API_KEY, SMALL_SERVER_NAME, assert_openai_error, stress_or, wait_for_idle
 from hypothesis import HealthCheck, Phase, given, settings
+from reliability_helpers import (
+    API_KEY,
+    SMALL_SERVER_NAME,
+    assert_openai_error,
+    stress_or,
+    wait_for_idle,
+)
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (

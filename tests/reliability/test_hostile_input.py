@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import SMALL_CONTEXT, assert_openai_error
+from reliability_helpers import SMALL_CONTEXT, assert_openai_error
 
 from skipdecode.server.protocol import MAX_DECAY_TOKENS, MAX_NUM_CHOICES, MAX_STOP
 

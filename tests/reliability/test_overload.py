@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from conftest import (
+from reliability_helpers import (
     ServerProcess,
     assert_openai_error,
     rss_bytes,

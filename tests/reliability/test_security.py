@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY
 from fastapi.testclient import TestClient
+from reliability_helpers import API_KEY
 
 from skipdecode import cli_args
 from skipdecode.cli import build_parser

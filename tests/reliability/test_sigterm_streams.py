@@ -10,7 +10,7 @@ import signal
 import time
 
 import httpx
-from conftest import ServerProcess, tiny_args
+from reliability_helpers import ServerProcess, tiny_args
 
 GRACE_S = 3.0
 EXIT_MARGIN_S = 6.0  # engine thread join, uvicorn's ticks, interpreter exit, a loaded machine

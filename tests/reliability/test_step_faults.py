@@ -11,8 +11,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import assert_openai_error
 from fastapi.testclient import TestClient
+from reliability_helpers import assert_openai_error
 
 from skipdecode.config import CacheConfig, EngineConfig, ModelConfig
 from skipdecode.scheduler import SchedulerConfig
