@@ -18,6 +18,10 @@ logger = logging.getLogger(__name__)
 # Text longer than this is tokenized (or templated) on a worker thread: a megabyte takes about a
 # second, which would stall every other request and /health on the event loop.
 OFFLOAD_CHARS = 16_384
+# Tokenizing costs a few hundred bytes per token (a 3.6 MB prompt: +500 MiB at its peak), so a
+# long text is measured by a prefix of this many characters per context token first.
+PREFIX_CHARS_PER_TOKEN = 16
+PREFIX_MARGIN_TOKENS = 64  # the cut may split a word: a prefix may tokenize a little longer
 
 
 class EngineClient:
@@ -77,10 +81,25 @@ class EngineClient:
     async def tokenize_text(
         self, prompt: str | list[int], add_special_tokens: bool = True
     ) -> list[int]:
-        """``tokenize``, off the event loop for long text."""
+        """``tokenize``, off the event loop for long text, which must fit the context."""
         if isinstance(prompt, str) and len(prompt) > OFFLOAD_CHARS:
-            return await asyncio.to_thread(self.tokenize, prompt, add_special_tokens)
+            return await asyncio.to_thread(self._tokenize_long, prompt, add_special_tokens)
         return self.tokenize(prompt, add_special_tokens)
+
+    def _tokenize_long(self, text: str, add_special_tokens: bool) -> list[int]:
+        # If a prefix alone cannot fit the context, neither can the text: refuse it without
+        # tokenizing the rest (memory grows with the tokens, not the characters).
+        num_chars = self.max_model_len * PREFIX_CHARS_PER_TOKEN
+        if len(text) > num_chars:
+            num_tokens = len(self.tokenize(text[:num_chars], add_special_tokens))
+            if num_tokens > self.max_model_len + PREFIX_MARGIN_TOKENS:
+                message = (
+                    f"prompt of {len(text)} characters is longer than the model's context length"
+                    f" max_model_len={self.max_model_len} (its first {num_chars} characters are"
+                    f" {num_tokens} tokens)"
+                )
+                raise APIError(400, message, param="prompt")
+        return self.tokenize(text, add_special_tokens)
 
     async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """``apply_chat_template``, off the event loop for long conversations."""
