@@ -81,25 +81,37 @@ class EngineClient:
     async def tokenize_text(
         self, prompt: str | list[int], add_special_tokens: bool = True
     ) -> list[int]:
-        """``tokenize``, off the event loop for long text, which must fit the context."""
-        if isinstance(prompt, str) and len(prompt) > OFFLOAD_CHARS:
-            return await asyncio.to_thread(self._tokenize_long, prompt, add_special_tokens)
-        return self.tokenize(prompt, add_special_tokens)
+        """``tokenize_prompts`` for one prompt."""
+        return (await self.tokenize_prompts([prompt], add_special_tokens))[0]
 
-    def _tokenize_long(self, text: str, add_special_tokens: bool) -> list[int]:
+    async def tokenize_prompts(
+        self, prompts: list[str | list[int]], add_special_tokens: bool = True
+    ) -> list[list[int]]:
+        """Token ids of each prompt (400s as ``tokenize``), off the event loop when the texts are
+        long; a text that cannot fit the context is refused from a prefix."""
+        work = functools.partial(self._tokenize_all, prompts, add_special_tokens)
+        num_chars = sum(len(p) for p in prompts if isinstance(p, str))
+        return await asyncio.to_thread(work) if num_chars > OFFLOAD_CHARS else work()
+
+    def _tokenize_all(
+        self, prompts: list[str | list[int]], add_special_tokens: bool
+    ) -> list[list[int]]:
+        return [self._tokenize_checked(prompt, add_special_tokens) for prompt in prompts]
+
+    def _tokenize_checked(self, prompt: str | list[int], add_special_tokens: bool) -> list[int]:
         # If a prefix alone cannot fit the context, neither can the text: refuse it without
         # tokenizing the rest (memory grows with the tokens, not the characters).
         num_chars = self.max_model_len * PREFIX_CHARS_PER_TOKEN
-        if len(text) > num_chars:
-            num_tokens = len(self.tokenize(text[:num_chars], add_special_tokens))
+        if isinstance(prompt, str) and len(prompt) > num_chars:
+            num_tokens = len(self.tokenize(prompt[:num_chars], add_special_tokens))
             if num_tokens > self.max_model_len + PREFIX_MARGIN_TOKENS:
                 message = (
-                    f"prompt of {len(text)} characters is longer than the model's context length"
+                    f"prompt of {len(prompt)} characters is longer than the model's context length"
                     f" max_model_len={self.max_model_len} (its first {num_chars} characters are"
                     f" {num_tokens} tokens)"
                 )
                 raise APIError(400, message, param="prompt")
-        return self.tokenize(text, add_special_tokens)
+        return self.tokenize(prompt, add_special_tokens)
 
     async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """``apply_chat_template``, off the event loop for long conversations."""

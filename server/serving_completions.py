@@ -38,7 +38,7 @@ async def create_completion(
     if len(prompts) * body.n > MAX_NUM_CHOICES:
         message = f"prompts x n = {len(prompts) * body.n} choices; at most {MAX_NUM_CHOICES}"
         raise APIError(400, message, param="prompt")
-    prompts_ids = [await client.tokenize_text(p) for p in prompts]
+    prompts_ids = await client.tokenize_prompts(prompts)
     max_tokens = [client.default_max_tokens(body.max_tokens, len(ids)) for ids in prompts_ids]
     skip = client.skip_config(body.skip)
     response_id = new_id("cmpl")

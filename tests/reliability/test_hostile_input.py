@@ -117,6 +117,7 @@ def test_megabyte_prompts_are_refused_cheaply(small_server, small_http):
     bodies = [("/v1/completions", {**PROMPT, "prompt": text}) for text in texts]
     bodies += [("/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": t}]})
                for t in texts]  # fmt: skip
+    bodies.append(("/v1/completions", {**PROMPT, "prompt": ["lorem ipsum " * 1300] * 250}))
     rss_before = rss_bytes(small_server.proc.pid)
 
     def post(path: str, body: dict):
