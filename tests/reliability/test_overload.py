@@ -24,6 +24,7 @@ BURST = stress_or(400, 2000)
 NUM_BURSTS = stress_or(1, 5)  # after a first, warm-up burst
 MAX_TOKENS = 16
 MIB = 1 << 20
+MAX_KIB_PER_CONNECTION = 64  # RSS the first burst may keep per simultaneous connection
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,10 @@ def test_burst_gets_503s_and_memory_returns(busy_server):
     # Bounded: the queue never holds more than --max-queue-len, so no one waits long.
     assert refused[-1] < 30.0 and admitted[-1] < 60.0
     assert rss_peak - rss_cold < 200 * MIB
-    assert rss_before <= rss_cold * 1.10 and rss_after <= rss_before * 1.02
+    # The first burst's high-water mark (about 35 KiB per simultaneous connection, kept by the
+    # allocators) is bounded; later bursts return to it.
+    assert rss_before - rss_cold < BURST * MAX_KIB_PER_CONNECTION * 1024
+    assert rss_after <= rss_before * 1.02
     assert follow_up.status_code == 200
 
 
