@@ -7,100 +7,26 @@ Every step goes through ``checked_step``, which checks each scheduled chunk agai
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
 from factories import (
-    TokenFn,
     fake_runner_output,
     make_request,
     make_schedule,
     make_scheduler,
     ref_layer_num_tokens,
     ref_num_blocks,
-    ref_position_depth,
 )
+from scheduler_checks import checked_step, chunks_of, run_to_end, scripted
 
 from skipdecode.scheduler import (
     DepthSchedule,
-    Request,
     RequestStatus,
-    ScheduledSequence,
-    Scheduler,
-    SchedulerOutput,
-    SkipConfig,
 )
 
 # A scheduler bug can loop forever inside schedule(); fail fast instead.
 pytestmark = pytest.mark.timeout(30)
-
-
-def check_output(scheduler: Scheduler, out: SchedulerOutput) -> None:
-    """Everything a step must satisfy, checked before the update."""
-    config, kv = scheduler.config, scheduler.kv_cache
-    assert out.num_batched_tokens == sum(len(s.token_ids) for s in out.sequences)
-    assert out.num_batched_tokens <= config.max_num_batched_tokens
-    assert len(scheduler.running) <= config.max_num_seqs
-    ids = [s.request_id for s in out.sequences]
-    assert len(ids) == len(set(ids))
-    for seq in out.sequences:
-        req = scheduler.requests[seq.request_id]
-        start, end = seq.start_position, seq.start_position + len(seq.token_ids)
-        assert req.status is RequestStatus.RUNNING
-        assert start == req.num_computed_tokens and start < end <= req.num_tokens
-        assert seq.token_ids == (req.prompt_token_ids + req.output_token_ids)[start:end]
-        expected_depths = [
-            ref_position_depth(req.schedule, req.prompt_len, p) for p in range(start, end)
-        ]
-        assert seq.depths == expected_depths
-        assert seq.is_sampled == (end == req.num_tokens)
-        assert seq.warmup_layers == req.schedule.warmup_layers
-        counts = ref_layer_num_tokens(req.schedule, req.prompt_len, end)
-        assert [len(t) for t in seq.block_tables] == [math.ceil(n / kv.block_size) for n in counts]
-    held = [b for rid in scheduler.requests for t in kv.block_tables(rid) for b in t]
-    assert len(held) == len(set(held))  # no block owned twice
-    assert kv.num_free_blocks + len(held) == kv.num_blocks
-    for req in scheduler.waiting:
-        assert req.status is RequestStatus.WAITING
-        assert req.num_computed_tokens == 0 and kv.num_held_blocks(req.request_id) == 0
-
-
-def checked_step(scheduler: Scheduler, token: int | TokenFn = 7) -> SchedulerOutput:
-    out = scheduler.schedule()
-    check_output(scheduler, out)
-    scheduler.update(out, fake_runner_output(out, token))
-    return out
-
-
-def run_to_end(
-    scheduler: Scheduler, token: int | TokenFn = 7, max_steps: int = 5000
-) -> list[SchedulerOutput]:
-    outputs = []
-    while scheduler.num_unfinished:
-        outputs.append(checked_step(scheduler, token))
-        assert len(outputs) < max_steps, "scheduler made no progress"
-    outputs.append(scheduler.schedule())  # reports the last finished ids
-    assert scheduler.kv_cache.num_free_blocks == scheduler.kv_cache.num_blocks
-    return outputs
-
-
-def chunks_of(outputs: list[SchedulerOutput], request_id: str) -> list[tuple[int, int, bool]]:
-    """(start, length, is_sampled) of each chunk the request got, in step order."""
-    return [
-        (s.start_position, len(s.token_ids), s.is_sampled)
-        for out in outputs
-        for s in out.sequences
-        if s.request_id == request_id
-    ]
-
-
-def scripted(script: list[int]) -> TokenFn:
-    """Sample script[g] as the g-th generated token."""
-    return lambda seq: script[len(seq.output_token_ids)]
-
-
-# ---- admission ------------------------------------------------------------------------------
 
 
 def test_fcfs_admission_order_and_max_num_seqs():
@@ -355,121 +281,3 @@ def test_abort_while_a_step_runs_drops_its_token():
     assert updated == []
     assert scheduler.kv_cache.num_free_blocks == scheduler.kv_cache.num_blocks
     assert scheduler.schedule().finished_request_ids == {"a"}
-
-
-# ---- preemption ------------------------------------------------------------------------------
-
-
-def run_recording(
-    scheduler: Scheduler, requests: list[Request]
-) -> tuple[list[SchedulerOutput], dict[tuple[str, int], set[int]]]:
-    """Run to the end, checking every preemption; returns outputs and depths seen per position."""
-    for request in requests:
-        scheduler.add_request(request)
-    outputs = []
-    depths_seen: dict[tuple[str, int], set[int]] = {}
-    while scheduler.num_unfinished:
-        running_before = list(scheduler.running)
-        preemptions_before = scheduler.num_preemptions
-        out = scheduler.schedule()
-        num_victims = scheduler.num_preemptions - preemptions_before
-        if num_victims:
-            victims = running_before[len(running_before) - num_victims :]  # the newest ones
-            for victim in victims:
-                assert victim.status is RequestStatus.WAITING
-                assert victim.num_computed_tokens == 0
-                assert scheduler.kv_cache.num_held_blocks(victim.request_id) == 0
-                assert victim.request_id not in [s.request_id for s in out.sequences]
-            assert list(scheduler.waiting)[:num_victims] == victims  # at the front, FCFS kept
-        check_output(scheduler, out)
-        for seq in out.sequences:
-            for position, depth in enumerate(seq.depths, start=seq.start_position):
-                depths_seen.setdefault((seq.request_id, position), set()).add(depth)
-        scheduler.update(out, fake_runner_output(out, lambda seq: 100 + len(seq.output_token_ids)))
-        outputs.append(out)
-        assert len(outputs) < 5000
-    assert scheduler.kv_cache.num_free_blocks == scheduler.kv_cache.num_blocks
-    return outputs, depths_seen
-
-
-def preemption_requests() -> list[Request]:
-    schedule = make_schedule(num_layers=4, warmup=1, max_depth=4, min_depth=2, decay=4)
-    return [make_request(f"r{i}", prompt_len=4, max_tokens=12, schedule=schedule) for i in range(3)]
-
-
-def test_preemption_recomputes_at_the_original_depths():
-    # Each request alone needs 23 blocks (brute force below); the pool of 30 cannot hold two.
-    # Two run at once; r2 waits behind them, so a victim must go in front of it.
-    schedule = preemption_requests()[0].schedule
-    alone = ref_num_blocks(ref_layer_num_tokens(schedule, 4, 4 + 12 - 1), 2)
-    assert alone <= 30 < 2 * alone
-    tight = make_scheduler(
-        num_blocks=30, block_size=2, num_layers=4, max_num_seqs=2, max_num_batched_tokens=4
-    )
-    requests = preemption_requests()
-    outputs, depths_seen = run_recording(tight, requests)
-    assert tight.num_preemptions >= 1
-    assert requests[1].num_preemptions >= 1 and requests[0].num_preemptions == 0
-    assert all(r.finish_reason == "length" for r in requests)
-
-    roomy = make_scheduler(
-        num_blocks=200, block_size=2, num_layers=4, max_num_seqs=2, max_num_batched_tokens=4
-    )
-    reference = preemption_requests()
-    _, depths_unpreempted = run_recording(roomy, reference)
-    assert roomy.num_preemptions == 0
-    # Same depth at every position, however often it was computed, as in an unpreempted run.
-    assert depths_seen.keys() == depths_unpreempted.keys()
-    for key, depths in depths_seen.items():
-        assert depths == depths_unpreempted[key] and len(depths) == 1
-    assert [r.output_token_ids for r in requests] == [r.output_token_ids for r in reference]
-
-    # The victim's last recompute ran in several chunks and fed its generated tokens again at
-    # their decayed depths (check_output compared each chunk with D(g)).
-    r1 = outputs_for(outputs, "r1")
-    last_restart = max(i for i, seq in enumerate(r1) if seq.start_position == 0)
-    assert last_restart > 0
-    redo = []
-    for seq in r1[last_restart:]:
-        redo.append(seq)
-        if seq.is_sampled:
-            break
-    assert len(redo) >= 2
-    redone_depths = [d for seq in redo for d in seq.depths]
-    assert len(redone_depths) > 4  # beyond the prompt
-    assert min(redone_depths) < 4  # not full depth
-
-
-def outputs_for(outputs: list[SchedulerOutput], request_id: str) -> list[ScheduledSequence]:
-    return [s for out in outputs for s in out.sequences if s.request_id == request_id]
-
-
-# ---- KV accounting ----------------------------------------------------------------------------
-
-
-def blocks_held_before_finishing(schedule: DepthSchedule, num_layers: int) -> int:
-    """Run one request (prompt 16, 256 tokens) and read its blocks at its last step."""
-    scheduler = make_scheduler(
-        num_blocks=4096, block_size=16, num_layers=num_layers, max_model_len=512
-    )
-    request = make_request("r0", prompt_len=16, max_tokens=256, schedule=schedule)
-    scheduler.add_request(request)
-    held = 0
-    while scheduler.num_unfinished:
-        out = scheduler.schedule()
-        held = scheduler.kv_cache.num_held_blocks("r0")
-        scheduler.update(out, fake_runner_output(out))
-    assert len(request.output_token_ids) == 256
-    return held
-
-
-def test_skipping_saves_kv_blocks_in_proportion_to_layers_saved():
-    L = 24
-    schedule = SkipConfig.for_speedup(3, decay_tokens=256).resolve(L)
-    depth_sum = sum(ref_position_depth(schedule, 0, g) for g in range(256))
-    assert abs(L * 256 / depth_sum / 3 - 1) <= 0.05  # the premise: ~3x over 256 tokens
-    skip = blocks_held_before_finishing(schedule, L)
-    full = blocks_held_before_finishing(DepthSchedule.full(L), L)
-    assert full == L * math.ceil((16 + 255) / 16)
-    assert skip == ref_num_blocks(ref_layer_num_tokens(schedule, 16, 16 + 255), 16)
-    assert skip <= 0.45 * full
