@@ -29,7 +29,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # The long reliability runs (docs/reliability.md): 10,000+ fuzz cases, bigger storms and bursts,
-# a 10-minute soak.
+# a 20-minute soak.
 stress: setup
 	SKIPDECODE_STRESS=1 $(BIN)/python -m pytest -q -s tests/reliability --timeout 3600
 

@@ -6,14 +6,16 @@ import math
 from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20  # the most top-n logprobs a request may ask for (OpenAI's limit)
+GREEDY_TEMPERATURE = 1e-5  # temperatures below this sample greedily (vLLM's threshold too)
 
 
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request picks its tokens and when it stops.
 
-    ``temperature == 0`` means greedy. ``top_k <= 0`` disables top-k. ``logprobs`` asks for the
-    sampled token's logprob plus the top-n alternatives at each step (``None``: none).
+    ``temperature`` below 1e-5 (0 included) means greedy. ``top_k <= 0`` disables top-k.
+    ``logprobs`` asks for the sampled token's logprob plus the top-n alternatives at each step
+    (``None``: none).
     ``prompt_logprobs`` does the same for prompt tokens (used by ``echo`` scoring).
     """
 
@@ -73,7 +75,8 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0
+        # Dividing logits by a tiny temperature overflows them to inf/NaN; below this it is argmax.
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def has_penalties(self) -> bool:

@@ -1,4 +1,4 @@
-"""Soak (a minute in the suite, ten under ``make stress``): mixed traffic with cancellations
+"""Soak (two minutes in the suite, twenty under ``make stress``): mixed traffic with cancellations
 and deliberately invalid requests; RSS growth under 5%, no KV block left, no unintended answer.
 The driver is ``python -m skipdecode.benchmarks.soak``, runnable against any server."""
 
@@ -15,7 +15,7 @@ MAX_RSS_GROWTH = 0.05
 
 def test_soak_mixed_traffic_leaks_nothing(small_server):
     config = SoakConfig(
-        duration_s=stress_or(60, 600),
+        duration_s=stress_or(120, 1200),
         warmup_s=stress_or(15, 60),
         concurrency=8,
         max_tokens=16,
