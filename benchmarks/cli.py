@@ -16,6 +16,7 @@ COMMANDS = {
     "latency": ("latency", "decode step time vs batch size and context, with a time breakdown"),
     "kv": ("kv", "KV memory per sequence and sequences that fit a KV budget, per speedup"),
     "hf": ("hf_generate", "Hugging Face transformers generate(): the naive batched anchor"),
+    "gpu": ("gpu_opt", "decode tok/s of random-weight OPT-1.3B/6.7B per batch and speedup"),
 }
 
 
@@ -23,7 +24,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` with its subcommands to the ``skipdecode`` command."""
     bench = subparsers.add_parser(
         "bench",
-        help="benchmarks (throughput, serve, latency, kv, hf)",
+        help="benchmarks (throughput, serve, latency, kv, hf, gpu)",
         description="Benchmarks of the engine, the server and baselines (docs/benchmarks.md).",
     )
     commands = bench.add_subparsers(dest="bench_command", required=True)
