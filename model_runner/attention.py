@@ -24,10 +24,13 @@ def paged_attention(
     ctx.value_cache.index_copy_(0, ctx.write_slots, value)
     num_heads, head_dim = query.shape[1], query.shape[2]
     outputs = []
-    for group, slots in zip(ctx.plan.groups, ctx.read_slots):  # at most two groups
-        # index_select, not advanced indexing: 8x faster gathers on CPU.
-        keys = _gather(ctx.key_cache, slots)  # [S, max_kv, kv_heads, head_dim]
-        values = _gather(ctx.value_cache, slots)
+    key_blocks = ctx.key_cache.view(-1, ctx.block_size, *ctx.key_cache.shape[1:])
+    value_blocks = ctx.value_cache.view(key_blocks.shape)
+    for group, blocks in zip(ctx.plan.groups, ctx.read_blocks):  # at most two groups
+        # index_select, not advanced indexing: 8x faster gathers on CPU; whole blocks, not slots.
+        shape = (blocks.shape[0], -1, *key_blocks.shape[2:])  # [S, max_kv, kv_heads, head_dim]
+        keys = _gather(key_blocks, blocks).view(shape)
+        values = _gather(value_blocks, blocks).view(shape)
         queries = _gather(query, group.row_index)  # [S, max_q, heads, head_dim]
         out = grouped_attention(queries, keys, values, group.mask, scale)
         outputs.append(out.reshape(-1, num_heads * head_dim))

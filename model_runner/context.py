@@ -28,7 +28,7 @@ class AttentionGroup:
     seq_index: torch.Tensor  # [S] index of each sequence in the step (picks its block tables)
     row_index: torch.Tensor  # [S, max_q] running-row index of each query; padding points at 0
     mask: torch.Tensor  # [S, 1, max_q, max_kv] bool, True where the query may attend
-    key_positions: torch.Tensor  # [max_kv] positions 0..max_kv-1
+    num_blocks: int  # max_kv / block_size: keys are read whole blocks at a time
 
 
 @dataclass
@@ -47,7 +47,7 @@ class LayerContext:
     """What one layer's attention needs: its plan, its slots and the shared KV pool."""
 
     plan: LayerPlan
-    read_slots: list[torch.Tensor]  # per group: [S, max_kv] pool slots of positions 0..max_kv-1
+    read_blocks: list[torch.Tensor]  # per group: [S, num_blocks] pool blocks of positions 0..
     write_slots: torch.Tensor  # [num_tokens] flat pool slot of each running token's K/V
     key_cache: torch.Tensor  # [num_blocks * block_size, num_kv_heads, head_dim]
     value_cache: torch.Tensor  # same shape as key_cache
@@ -60,7 +60,7 @@ class StepContext:
 
     positions: torch.Tensor  # [N] position of each (depth-sorted) row
     layer_plans: list[LayerPlan]  # [L] (layers with the same running tokens share a plan)
-    read_slots: list[list[torch.Tensor]]  # [L] per group: [S, max_kv] pool slots to attend to
+    read_blocks: list[list[torch.Tensor]]  # [L] per group: [S, num_blocks] pool blocks to read
     write_slots: torch.Tensor  # [L, N] flat pool slot of each row's K/V at each layer
     key_cache: torch.Tensor
     value_cache: torch.Tensor
@@ -71,7 +71,7 @@ class StepContext:
         slots = self.write_slots[layer]
         return LayerContext(
             plan=plan,
-            read_slots=self.read_slots[layer],
+            read_blocks=self.read_blocks[layer],
             write_slots=slots[: plan.num_tokens] if plan.rows is None else slots[plan.rows],
             key_cache=self.key_cache,
             value_cache=self.value_cache,
@@ -138,20 +138,23 @@ def build_step_context(
         key = q_lens[layer].tobytes()
         if key not in plans:
             rows = np.sort(layout.rows_of_flat[runs[layer]])
-            plans[key] = _layer_plan(q_lens[layer], rows, start_positions, layout, device)
+            plans[key] = _layer_plan(
+                q_lens[layer], rows, start_positions, layout, block_size, device
+            )
         layer_plans.append(plans[key])
 
     tables = _block_table_tensor(block_tables, num_layers)
-    # Per layer and group, the pool slot of every (sequence, key position): one gather per plan.
+    # Per layer and group, the pool blocks of every sequence's first num_blocks blocks. Whole
+    # blocks are gathered (a block's slots are contiguous): 16x fewer, larger copies than slots.
     block_tensor = torch.from_numpy(tables).to(device)
-    read_slots: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+    read_blocks: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
     for plan in plans.values():
         layers = [i for i, p in enumerate(layer_plans) if p is plan]
         layer_index = torch.tensor(layers, device=device)
         for group in plan.groups:
-            slots = _read_slots(block_tensor[layer_index], group, block_size)  # [len(layers), S, K]
+            blocks = block_tensor[layer_index][:, group.seq_index, : group.num_blocks]
             for i, layer in enumerate(layers):
-                read_slots[layer].append(slots[i])
+                read_blocks[layer].append(blocks[i])  # [S, num_blocks]
     sorted_seq = seq_of_flat[layout.order]
     sorted_pos = flat_positions[layout.order]
     write_slots = (
@@ -160,18 +163,12 @@ def build_step_context(
     return StepContext(
         positions=torch.from_numpy(sorted_pos).to(device),
         layer_plans=layer_plans,
-        read_slots=read_slots,
+        read_blocks=read_blocks,
         write_slots=torch.from_numpy(write_slots).to(device),
         key_cache=key_cache,
         value_cache=value_cache,
         block_size=block_size,
     )
-
-
-def _read_slots(tables: torch.Tensor, group: AttentionGroup, block_size: int) -> torch.Tensor:
-    positions = group.key_positions
-    blocks = tables[:, group.seq_index][:, :, positions // block_size]  # [L, S, max_kv]
-    return blocks * block_size + positions % block_size
 
 
 def _block_table_tensor(block_tables: Sequence[Sequence[Sequence[int]]], num_layers: int):
@@ -189,6 +186,7 @@ def _layer_plan(
     rows: np.ndarray,
     start_positions: Sequence[int],
     layout: StepLayout,
+    block_size: int,
     device: torch.device,
 ) -> LayerPlan:
     """Group the sequences that run a layer: single-query ones together, longer chunks together.
@@ -208,7 +206,8 @@ def _layer_plan(
         if len(members) == 0:
             continue
         max_q = int(q_lens[members].max())
-        max_kv = int((starts[members] + q_lens[members]).max())
+        num_blocks = -(-int((starts[members] + q_lens[members]).max()) // block_size)
+        max_kv = num_blocks * block_size  # keys past a sequence's end are masked out below
         j = np.arange(max_q)[None, :]
         is_valid = j < q_lens[members][:, None]  # [S, max_q]
         flat = layout.chunk_offsets[members][:, None] + np.minimum(j, q_lens[members][:, None] - 1)
@@ -225,7 +224,7 @@ def _layer_plan(
                 seq_index=torch.from_numpy(members).to(device),
                 row_index=torch.from_numpy(row_index).to(device),
                 mask=torch.from_numpy(mask[:, None]).to(device),
-                key_positions=torch.from_numpy(key_pos).to(device),
+                num_blocks=num_blocks,
             )
         )
     is_prefix = bool(np.array_equal(rows, np.arange(num_tokens)))
