@@ -20,20 +20,21 @@ def paged_attention(
     query: [n, num_heads, head_dim]; key, value: [n, num_kv_heads, head_dim] for the ``n`` rows
     that run the layer. Returns [n, num_heads * head_dim].
     """
-    ctx.key_cache.index_copy_(0, ctx.write_slots, key)
-    ctx.value_cache.index_copy_(0, ctx.write_slots, value)
-    num_heads, head_dim = query.shape[1], query.shape[2]
+    ctx.key_cache.index_copy_(1, ctx.write_slots, key.transpose(0, 1))
+    ctx.value_cache.index_copy_(1, ctx.write_slots, value.transpose(0, 1))
+    num_kv_heads, _, head_dim = ctx.key_cache.shape
+    # One row per (head, block): a block of one head is contiguous, [block_size * head_dim].
+    key_rows = ctx.key_cache.view(-1, ctx.block_size * head_dim)
+    value_rows = ctx.value_cache.view(key_rows.shape)
     outputs = []
-    key_blocks = ctx.key_cache.view(-1, ctx.block_size, *ctx.key_cache.shape[1:])
-    value_blocks = ctx.value_cache.view(key_blocks.shape)
-    for group, blocks in zip(ctx.plan.groups, ctx.read_blocks):  # at most two groups
-        # index_select, not advanced indexing: 8x faster gathers on CPU; whole blocks, not slots.
-        shape = (blocks.shape[0], -1, *key_blocks.shape[2:])  # [S, max_kv, kv_heads, head_dim]
-        keys = _gather(key_blocks, blocks).view(shape)
-        values = _gather(value_blocks, blocks).view(shape)
+    for group, rows in zip(ctx.plan.groups, ctx.read_rows):  # at most two groups
+        # index_select along dim 0, not advanced indexing nor dim 1: the fast memcpy path.
+        shape = (num_kv_heads, group.num_seqs, -1, head_dim)  # [kv_heads, S, max_kv, head_dim]
+        keys = key_rows.index_select(0, rows).view(shape)
+        values = value_rows.index_select(0, rows).view(shape)
         queries = _gather(query, group.row_index)  # [S, max_q, heads, head_dim]
         out = grouped_attention(queries, keys, values, group.mask, scale)
-        outputs.append(out.reshape(-1, num_heads * head_dim))
+        outputs.append(out.reshape(-1, query.shape[1] * head_dim))
     flat = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return flat.index_select(0, ctx.plan.out_index)
 
@@ -52,28 +53,23 @@ def grouped_attention(
 ) -> torch.Tensor:
     """Masked attention with grouped KV heads, as two batched matmuls.
 
-    queries: [S, Q, H, D]; keys, values: [S, K, KVH, D]; mask: [S, 1, Q, K] bool (True: attend).
-    Returns [S, Q, H, D]. The query heads that share a KV head are stacked along the query axis,
-    so single-token decodes still make a real matrix product (CPU SDPA is slow for them).
+    queries: [S, Q, H, D]; keys, values: [KVH, S, K, D] (head-major, as gathered from the
+    pool); mask: [S, 1, Q, K] bool (True: attend). Returns [S, Q, H, D]. The query heads that
+    share a KV head are stacked along the query axis, so single-token decodes still make a real
+    matrix product (CPU SDPA is slow for them).
     """
     num_seqs, num_q, num_heads, head_dim = queries.shape
-    num_kv_heads = keys.shape[2]
+    num_kv_heads = keys.shape[0]
     group = num_heads // num_kv_heads
-    # [S, Q, KVH, G, D] -> [S, KVH, G * Q, D]
-    q = queries.view(num_seqs, num_q, num_kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
-    q = q.reshape(num_seqs, num_kv_heads, group * num_q, head_dim)
-    # Contiguous [S, KVH, K, D] copies: the matmuls then read them in place (as k^T for the
-    # scores); letting matmul copy strided views itself was ~1.6x slower.
-    k = keys.transpose(1, 2).contiguous()
-    v = values.transpose(1, 2).contiguous()
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [S, KVH, G * Q, K]
-    scores = scores.view(num_seqs, num_kv_heads, group, num_q, -1)
-    scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
-    probs = (
-        torch.softmax(scores, dim=-1).to(v.dtype).view(num_seqs, num_kv_heads, group * num_q, -1)
-    )
-    out = torch.matmul(probs, v)  # [S, KVH, G * Q, D]
-    out = out.view(num_seqs, num_kv_heads, group, num_q, head_dim).permute(0, 3, 1, 2, 4)
+    # [S, Q, KVH, G, D] -> [KVH, S, G * Q, D]
+    q = queries.view(num_seqs, num_q, num_kv_heads, group, head_dim).permute(2, 0, 3, 1, 4)
+    q = q.reshape(num_kv_heads, num_seqs, group * num_q, head_dim)
+    scores = torch.matmul(q, keys.transpose(-1, -2)).float() * scale  # [KVH, S, G * Q, K]
+    scores = scores.view(num_kv_heads, num_seqs, group, num_q, -1)
+    scores = scores.masked_fill(~mask.view(1, num_seqs, 1, num_q, -1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(values.dtype)
+    out = torch.matmul(probs.view(num_kv_heads, num_seqs, group * num_q, -1), values)
+    out = out.view(num_kv_heads, num_seqs, group, num_q, head_dim).permute(1, 3, 0, 2, 4)
     return out.reshape(num_seqs, num_q, num_heads, head_dim)
 
 

@@ -30,6 +30,10 @@ class AttentionGroup:
     mask: torch.Tensor  # [S, 1, max_q, max_kv] bool, True where the query may attend
     num_blocks: int  # max_kv / block_size: keys are read whole blocks at a time
 
+    @property
+    def num_seqs(self) -> int:
+        return self.seq_index.shape[0]
+
 
 @dataclass
 class LayerPlan:
@@ -47,9 +51,9 @@ class LayerContext:
     """What one layer's attention needs: its plan, its slots and the shared KV pool."""
 
     plan: LayerPlan
-    read_blocks: list[torch.Tensor]  # per group: [S, num_blocks] pool blocks of positions 0..
+    read_rows: list[torch.Tensor]  # per group: [kv_heads * S * num_blocks] pool rows to read
     write_slots: torch.Tensor  # [num_tokens] flat pool slot of each running token's K/V
-    key_cache: torch.Tensor  # [num_blocks * block_size, num_kv_heads, head_dim]
+    key_cache: torch.Tensor  # [num_kv_heads, num_blocks * block_size, head_dim]
     value_cache: torch.Tensor  # same shape as key_cache
     block_size: int
 
@@ -60,7 +64,7 @@ class StepContext:
 
     positions: torch.Tensor  # [N] position of each (depth-sorted) row
     layer_plans: list[LayerPlan]  # [L] (layers with the same running tokens share a plan)
-    read_blocks: list[list[torch.Tensor]]  # [L] per group: [S, num_blocks] pool blocks to read
+    read_rows: list[list[torch.Tensor]]  # [L] per group: (head, block) rows of the pool to read
     write_slots: torch.Tensor  # [L, N] flat pool slot of each row's K/V at each layer
     key_cache: torch.Tensor
     value_cache: torch.Tensor
@@ -71,7 +75,7 @@ class StepContext:
         slots = self.write_slots[layer]
         return LayerContext(
             plan=plan,
-            read_blocks=self.read_blocks[layer],
+            read_rows=self.read_rows[layer],
             write_slots=slots[: plan.num_tokens] if plan.rows is None else slots[plan.rows],
             key_cache=self.key_cache,
             value_cache=self.value_cache,
@@ -144,17 +148,24 @@ def build_step_context(
         layer_plans.append(plans[key])
 
     tables = _block_table_tensor(block_tables, num_layers)
-    # Per layer and group, the pool blocks of every sequence's first num_blocks blocks. Whole
-    # blocks are gathered (a block's slots are contiguous): 16x fewer, larger copies than slots.
+    # Per layer and group, the pool rows to gather: the pool is [kv_heads, slots, head_dim],
+    # seen as rows of one head's block (block_size contiguous slots), so row = head * blocks +
+    # block. Gathering whole blocks makes 16x fewer, larger copies than gathering slots, and
+    # the result is already attention's [kv_heads, S, keys, head_dim] operand.
+    num_kv_heads, num_slots = key_cache.shape[:2]
+    head_rows = torch.arange(num_kv_heads, device=device).view(-1, 1, 1, 1) * (
+        num_slots // block_size
+    )
     block_tensor = torch.from_numpy(tables).to(device)
-    read_blocks: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+    read_rows: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
     for plan in plans.values():
         layers = [i for i, p in enumerate(layer_plans) if p is plan]
         layer_index = torch.tensor(layers, device=device)
         for group in plan.groups:
             blocks = block_tensor[layer_index][:, group.seq_index, : group.num_blocks]
+            rows = (head_rows + blocks.unsqueeze(0)).transpose(0, 1)  # [L', KVH, S, blocks]
             for i, layer in enumerate(layers):
-                read_blocks[layer].append(blocks[i])  # [S, num_blocks]
+                read_rows[layer].append(rows[i].reshape(-1))
     sorted_seq = seq_of_flat[layout.order]
     sorted_pos = flat_positions[layout.order]
     write_slots = (
@@ -163,7 +174,7 @@ def build_step_context(
     return StepContext(
         positions=torch.from_numpy(sorted_pos).to(device),
         layer_plans=layer_plans,
-        read_blocks=read_blocks,
+        read_rows=read_rows,
         write_slots=torch.from_numpy(write_slots).to(device),
         key_cache=key_cache,
         value_cache=value_cache,

@@ -31,7 +31,10 @@ class ModelRunner:
         self.vocab_size: int = model.config.vocab_size
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        shape = (num_blocks * block_size, *kv_head_shape)
+        # Head-major [kv_heads, slots, head_dim]: a gather of whole blocks is then already laid
+        # out as attention's [kv_heads, seqs, keys, head_dim] operand (no transposed copy).
+        num_kv_heads, head_dim = kv_head_shape
+        shape = (num_kv_heads, num_blocks * block_size, head_dim)
         self.key_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.value_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.sampler = Sampler()
