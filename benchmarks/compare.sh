@@ -23,7 +23,9 @@ INPUT_LEN="${INPUT_LEN:-128}"
 OUTPUT_LEN="${OUTPUT_LEN:-128}"
 CONCURRENCY="${CONCURRENCY:-1,4,16}"
 SPEEDUPS="${SPEEDUPS:-1 2 3}"
-PARALLEL="${PARALLEL:-16}"           # llama.cpp slots, HF batch size, our max running sequences
+PARALLEL="${PARALLEL:-16}"           # llama.cpp slots, HF batch size
+MAX_NUM_SEQS="${MAX_NUM_SEQS:-$PARALLEL}"  # our server's max running sequences
+PROMPTS_PER_CONCURRENCY="${PROMPTS_PER_CONCURRENCY:-}"  # set: K x concurrency prompts per run
 HF_NUM_PROMPTS="${HF_NUM_PROMPTS:-$PARALLEL}"
 DTYPE="${DTYPE:-auto}"               # ours and HF (auto = bf16); llama.cpp runs the GGUF as is
 THREADS="${THREADS:-$(nproc)}"
@@ -36,6 +38,7 @@ STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-300}"
 SKIP_LLAMA="${SKIP_LLAMA:-0}"
 SKIP_HF="${SKIP_HF:-0}"
 OFFLINE="${OFFLINE:-0}"
+LATENCY_FLAGS="${LATENCY_FLAGS:---batch-size 1,16,64 --context-len 128,512,2048 --num-steps 16}"
 
 # The same CPU threads for every system: torch (ours, HF) reads OMP_NUM_THREADS, llama.cpp -t.
 export OMP_NUM_THREADS="$THREADS"
@@ -87,8 +90,10 @@ serve_bench() {  # serve_bench NAME URL LABEL [extra bench serve flags...]
   local name="$1" url="$2" label="$3"; shift 3
   local budget; budget=$(left); [ "$budget" -gt "$STEP_TIMEOUT" ] && budget=$STEP_TIMEOUT
   budget=$(( budget > 30 ? budget - 15 : 15 ))  # bench serve stops itself before `timeout` does
+  local count=(--num-prompts "$NUM_PROMPTS")
+  [ -n "$PROMPTS_PER_CONCURRENCY" ] && count=(--prompts-per-concurrency "$PROMPTS_PER_CONCURRENCY")
   run_step "$name" "${SD[@]}" bench serve --base-url "$url" --model "$MODEL" \
-    --num-prompts "$NUM_PROMPTS" --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" \
+    "${count[@]}" --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" \
     --concurrency "$CONCURRENCY" --seed "$SEED" --timeout "$budget" \
     --label "$label" --output-json "$OUT/$name.json" "$@"
 }
@@ -98,7 +103,7 @@ run_step kv "${SD[@]}" bench kv --model "$MODEL" --dtype "$DTYPE" --budget-mib 6
   --input-len "$INPUT_LEN" --output-len 512 --speedups "${SPEEDUPS// /,}" --output-json "$OUT/kv.json"
 
 # 1. our server, one process for all speedups (each request carries its skip field).
-"${SD[@]}" serve --model "$MODEL" --dtype "$DTYPE" --port "$PORT" --max-num-seqs "$PARALLEL" \
+"${SD[@]}" serve --model "$MODEL" --dtype "$DTYPE" --port "$PORT" --max-num-seqs "$MAX_NUM_SEQS" \
   --log-level warning > "$OUT/logs/skipdecode-serve.log" 2>&1 &
 server_pid=$!
 if wait_healthy "http://127.0.0.1:$PORT"; then
@@ -141,8 +146,9 @@ if [ "$OFFLINE" = 1 ]; then
   run_step throughput "${SD[@]}" bench throughput --model "$MODEL" --dtype "$DTYPE" \
     --num-prompts "$NUM_PROMPTS" --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" \
     --speedups "${SPEEDUPS// /,}" --seed "$SEED" --output-json "$OUT/throughput.json"
-  run_step latency "${SD[@]}" bench latency --model "$MODEL" --dtype "$DTYPE" \
-    --speedups "${SPEEDUPS// /,}" --output-json "$OUT/latency.json"
+  # shellcheck disable=SC2086  # LATENCY_FLAGS is a list of flags
+  run_step latency "${SD[@]}" bench latency --model "$MODEL" --dtype "$DTYPE" $LATENCY_FLAGS \
+    --output-json "$OUT/latency.json"
 fi
 
 "$PY" -m skipdecode.benchmarks.summary "$OUT"

@@ -61,6 +61,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--max-concurrency", type=int, default=None, help="cap on requests in flight (rate mode)"
     )
     parser.add_argument("--num-prompts", type=int, default=64, help="requests per run")
+    parser.add_argument(
+        "--prompts-per-concurrency",
+        type=int,
+        default=None,
+        help="instead of --num-prompts: K x concurrency requests per run (each run ~K rounds)",
+    )
     parser.add_argument("--input-len", type=int, default=128, help="prompt tokens (or words)")
     parser.add_argument("--output-len", type=int, default=128, help="max_tokens of each request")
     parser.add_argument(
@@ -113,10 +119,12 @@ def bench_serve(args: argparse.Namespace) -> dict:
         raise ValueError("--timeout must be > 0, --concurrency values >= 1, --num-warmup >= 0")
     if args.request_rate is not None and args.request_rate <= 0:
         raise ValueError("--request-rate must be > 0")
+    if args.prompts_per_concurrency is not None and args.prompts_per_concurrency < 1:
+        raise ValueError("--prompts-per-concurrency must be >= 1")
     runs = _runs(args)
     # Each run (and the warm-up) gets prompts of its own, so that no run profits from a
     # server's prefix cache (llama.cpp's slots, vLLM's prefix caching) filled by an earlier one.
-    prompts = build_prompts(args, len(runs) * args.num_prompts + args.num_warmup)
+    prompts = build_prompts(args, sum(run[3] for run in runs) + args.num_warmup)
     rows = asyncio.run(_sweep(args, base_url + args.endpoint, runs, prompts))
     system = args.label or base_url
     return write_results(args.output_json, "serve", vars(args), {"system": system, "results": rows})
@@ -126,11 +134,15 @@ class ServerUnavailable(RuntimeError):
     """The warm-up request failed: no point in measuring."""
 
 
-def _runs(args: argparse.Namespace) -> list[tuple[str, int | None, float | None]]:
-    """(label, requests in flight or None, arrival rate or None) of each run."""
+def _runs(args: argparse.Namespace) -> list[tuple[str, int | None, float | None, int]]:
+    """(label, requests in flight or None, arrival rate or None, requests) of each run."""
     if args.request_rate is not None:
-        return [(f"rate={args.request_rate:g}/s", args.max_concurrency, args.request_rate)]
-    return [(f"c={c}", c, None) for c in args.concurrency]
+        label = f"rate={args.request_rate:g}/s"
+        return [(label, args.max_concurrency, args.request_rate, args.num_prompts)]
+    per = args.prompts_per_concurrency
+    return [
+        (f"c={c}", c, None, args.num_prompts if per is None else per * c) for c in args.concurrency
+    ]
 
 
 async def _sweep(
@@ -138,11 +150,12 @@ async def _sweep(
 ) -> list[dict]:
     deadline = time.monotonic() + args.timeout
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    model, skip, n = args.served_model_name, args.skip, args.num_prompts
+    model, skip = args.served_model_name, args.skip
+    offsets = np.cumsum([0] + [run[3] for run in runs])
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     # trust_env=False: loopback traffic must not go through a proxy from the environment.
     async with httpx.AsyncClient(timeout=None, limits=limits, trust_env=False) as client:
-        for prompt in prompts[len(runs) * n :]:
+        for prompt in prompts[offsets[-1] :]:
             warm = completion_body(prompt, WARMUP_MAX_TOKENS, model, skip)
             try:
                 result = await asyncio.wait_for(
@@ -153,10 +166,10 @@ async def _sweep(
             if not result.ok:
                 raise ServerUnavailable(f"warm-up request to {url} failed: {result.error}")
         rows = []
-        for i, (label, concurrency, rate) in enumerate(runs):
+        for i, (label, concurrency, rate, _) in enumerate(runs):
             bodies = [
                 completion_body(p, args.output_len, model, skip)
-                for p in prompts[i * n : (i + 1) * n]
+                for p in prompts[offsets[i] : offsets[i + 1]]
             ]
             results, duration = await _run(
                 client, url, bodies, headers, concurrency, rate, args.seed, deadline

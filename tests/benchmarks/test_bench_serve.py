@@ -78,6 +78,21 @@ def test_fake_server_counts_chunks_and_forwards_fields(fake_server, tmp_path, ti
     assert len(set(prompts)) == len(prompts)
 
 
+def test_prompts_per_concurrency_scales_each_run(fake_server, tmp_path, tiny_llama_dir):
+    url, fake = fake_server()
+    code, payload = bench_serve(
+        url, tmp_path / "serve.json",
+        "--model", str(tiny_llama_dir), "--prompts-per-concurrency", "2", "--input-len", "5",
+        "--output-len", "3", "--concurrency", "1,4", "--num-warmup", "1",
+    )  # fmt: skip
+    assert code == 0
+    assert [(r["label"], r["completed"]) for r in payload["results"]] == [("c=1", 2), ("c=4", 8)]
+    assert [r["num_output_tokens"] for r in payload["results"]] == [2 * 3, 8 * 3]
+    assert len(fake.bodies) == 1 + 2 + 8
+    prompts = [tuple(body["prompt"]) for body in fake.bodies]
+    assert len(set(prompts)) == len(prompts)
+
+
 def test_errors_are_counted_and_fail_the_command(fake_server, tmp_path):
     url, _ = fake_server(fail_every=2)
     code, payload = bench_serve(
