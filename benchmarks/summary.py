@@ -66,11 +66,70 @@ def summary_rows(results: dict[str, list[dict]]) -> list[list[str]]:
     return rows
 
 
-def markdown_table(rows: list[list[str]]) -> str:
-    """Rows under the summary headers, as a Markdown table."""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+def markdown_table(rows: list[list[str]], headers: tuple[str, ...] = HEADERS) -> str:
+    """Rows under ``headers``, as a Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines.extend("| " + " | ".join(row) + " |" for row in rows)
     return "\n".join(lines)
+
+
+def _serve_rate(results: dict, system_prefix: str, concurrency: int) -> float | None:
+    for payload in results.get("serve", []):
+        if payload["system"].startswith(system_prefix):
+            for r in payload["results"]:
+                if r["concurrency"] == concurrency and r["num_errors"] == 0:
+                    return r["output_tokens_per_s"]
+    return None
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
+
+
+def target_rows(results: dict[str, list[dict]], streams: int = 16) -> list[list[str]]:
+    """Issue #5's targets, each as (target, measured ratio, goal, met?), from what is present."""
+    rows: list[tuple[str, float | None, float]] = []
+    ours = {s: _serve_rate(results, f"skipdecode {s}x", streams) for s in (1, 2)}
+    hf = next(
+        (
+            r["output_tokens_per_s"]
+            for p in results.get("hf", [])
+            for r in p["results"]
+            if r["batch_size"] == streams
+        ),
+        None,
+    )
+    llama = _serve_rate(results, "llama.cpp", streams)
+    rows.append((f"{streams} streams, 1x / HF generate", _ratio(ours[1], hf), 3.0))
+    rows.append((f"{streams} streams, 2x / HF generate", _ratio(ours[2], hf), 5.0))
+    rows.append((f"{streams} streams, 1x / llama.cpp", _ratio(ours[1], llama), 2.0))
+    rows.append((f"{streams} streams, 2x / llama.cpp", _ratio(ours[2], llama), 3.0))
+    for payload in results.get("throughput", []):
+        by_target = {r["target_speedup"]: r for r in payload["results"]}
+        base = by_target.get(1.0)
+        for target in (2.0, 3.0):
+            row = by_target.get(target)
+            if base and row and row["flop_ideal_gain"]:
+                gain = row["output_tokens_per_s"] / base["output_tokens_per_s"]
+                label = f"skip efficiency at {target:g}x (gain / FLOP-ideal)"
+                rows.append((label, gain / row["flop_ideal_gain"], 0.9))
+    for payload in results.get("latency", []):
+        fraction = payload.get("matmul", {}).get("decode_fraction_of_matmul")
+        rows.append(("decode step at full depth / matmul peak", fraction, 0.5))
+    for payload in results.get("kv", []):
+        fits = {r["target_speedup"]: r["max_concurrent_seqs"] for r in payload["results"]}
+        rows.append(
+            ("sequences in the KV budget, 3x / 1x", _ratio(fits.get(3.0), fits.get(1.0)), 2.0)
+        )
+    return [
+        [
+            name,
+            _num(value, ".2f"),
+            f">= {goal:g}",
+            "-" if value is None else ("yes" if value >= goal else "no"),
+        ]
+        for name, value, goal in rows
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", type=Path, help="folder with the bench JSON files")
     args = parser.parse_args(argv)
-    table = markdown_table(summary_rows(load_results(args.results_dir)))
+    results = load_results(args.results_dir)
+    table = markdown_table(summary_rows(results))
+    table += "\n\nTargets:\n\n" + markdown_table(
+        target_rows(results), ("target", "measured", "goal", "met")
+    )
     (args.results_dir / "summary.md").write_text(table + "\n")
     print(table)
     return 0

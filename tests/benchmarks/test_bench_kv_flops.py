@@ -115,5 +115,39 @@ def test_plots_and_summary(tiny_llama_dir, fake_server, tmp_path):
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary_main([str(tmp_path)]) == 0
-    table = (tmp_path / "summary.md").read_text().splitlines()
+    side_by_side, targets = (tmp_path / "summary.md").read_text().split("Targets:")
+    table = side_by_side.strip().splitlines()
     assert len(table) == 2 + 2 and table[2].startswith("| fake | c=1 |")
+    # Only the KV target has its inputs here: 1x vs 3x was not asked for, so it shows "-".
+    assert "| sequences in the KV budget, 3x / 1x | - | >= 2 | - |" in targets
+
+
+def test_target_ratios_from_hand_made_results():
+    from skipdecode.benchmarks.summary import target_rows
+
+    def serve(system, rate):
+        row = {"concurrency": 16, "num_errors": 0, "output_tokens_per_s": rate}
+        return {"system": system, "results": [row]}
+
+    results = {
+        "serve": [serve("skipdecode 1x", 600.0), serve("skipdecode 2x", 900.0),
+                  serve("llama.cpp (16 slots)", 250.0)],
+        "hf": [{"results": [{"batch_size": 16, "output_tokens_per_s": 150.0}]}],
+        "throughput": [{"results": [
+            {"target_speedup": 1.0, "output_tokens_per_s": 100.0, "flop_ideal_gain": 1.0},
+            {"target_speedup": 2.0, "output_tokens_per_s": 180.0, "flop_ideal_gain": 1.8},
+            {"target_speedup": 3.0, "output_tokens_per_s": 200.0, "flop_ideal_gain": 2.5},
+        ]}],
+        "latency": [{"matmul": {"decode_fraction_of_matmul": 0.45}}],
+        "kv": [{"results": [{"target_speedup": 1.0, "max_concurrent_seqs": 4},
+                            {"target_speedup": 3.0, "max_concurrent_seqs": 10}]}],
+    }  # fmt: skip
+    rows = {name: (measured, met) for name, measured, _, met in target_rows(results)}
+    assert rows["16 streams, 1x / HF generate"] == ("4.00", "yes")  # 600 / 150
+    assert rows["16 streams, 2x / HF generate"] == ("6.00", "yes")  # 900 / 150
+    assert rows["16 streams, 1x / llama.cpp"] == ("2.40", "yes")  # 600 / 250
+    assert rows["16 streams, 2x / llama.cpp"] == ("3.60", "yes")  # 900 / 250
+    assert rows["skip efficiency at 2x (gain / FLOP-ideal)"] == ("1.00", "yes")  # 1.8 / 1.8
+    assert rows["skip efficiency at 3x (gain / FLOP-ideal)"] == ("0.80", "no")  # 2.0 / 2.5
+    assert rows["decode step at full depth / matmul peak"] == ("0.45", "no")
+    assert rows["sequences in the KV budget, 3x / 1x"] == ("2.50", "yes")
