@@ -75,7 +75,7 @@ class ModelRunner:
         if not sampled:
             return RunnerOutput([], [], [])
         rows = self._last_rows(seqs, layout)
-        logits = self.model.compute_logits(hidden[rows]).float()  # [num_sampled, vocab]
+        logits = self.model.compute_logits(hidden[rows])  # [num_sampled, vocab], model dtype
         batch = SamplingBatch.build(
             params=[s.sampling_params for s in sampled],
             prompt_token_ids=[s.prompt_token_ids for s in sampled],

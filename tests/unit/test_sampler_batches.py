@@ -76,3 +76,21 @@ def test_mixed_batch_rows_equal_single_row_results() -> None:
         if not params.is_greedy:
             penalized = apply_penalties(logits[i : i + 1], single_batch)[0]
             assert int(batched.token_ids[i]) in ref_allowed(penalized, params), f"row {i}"
+
+
+def test_bf16_logits_sample_as_their_fp32_widening() -> None:
+    # The runner hands over logits in the model's dtype; every path must equal fp32 input.
+    vocab_size = 300
+    logits = random_logits(len(MIXED_PARAMS), vocab_size, seed=9).to(torch.bfloat16)
+    greedy = Sampler()(logits, make_batch([SamplingParams(temperature=0.0)] * 16, vocab_size))
+    assert torch.equal(greedy.token_ids, logits.float().argmax(dim=-1))
+    prompts = [[i, i + 1] for i in range(len(MIXED_PARAMS))]
+    outputs = [[i + 2] for i in range(len(MIXED_PARAMS))]
+    results = []
+    for dtype_logits in (logits, logits.float()):
+        torch.manual_seed(3)  # unseeded random rows draw from the global generator
+        batch = make_batch(MIXED_PARAMS, vocab_size, prompts, outputs)
+        results.append(Sampler()(dtype_logits, batch))
+    assert torch.equal(results[0].token_ids, results[1].token_ids)
+    assert results[0].top_logprobs is not None and results[1].top_logprobs is not None
+    assert torch.equal(results[0].top_logprobs, results[1].top_logprobs)
