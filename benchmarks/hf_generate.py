@@ -3,8 +3,9 @@
 The same random token-id prompts as the other bench commands (same ``--seed``), in static
 batches of ``--batch-size`` (all prompts have the same length, so the padding mask is all ones),
 greedy, exactly ``--output-len`` new tokens each (``min_new_tokens`` keeps EOS away). A GGUF file
-is loaded with ``from_pretrained(dir, gguf_file=name)`` (dequantized), in the same dtype names
-as ours (``auto`` is bf16). One short warm-up batch runs first.
+is loaded with ``from_pretrained(dir, gguf_file=name)`` (transformers decides whether the weights
+stay quantized), in the same dtype names as ours (``auto`` is bf16). One short warm-up batch runs
+first.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_hf_model(model: str | None, dtype, device):
-    """transformers' own model for a directory or a .gguf file (dequantized on load)."""
+    """transformers' own model for a directory or a .gguf file."""
     from transformers import AutoModelForCausalLM
 
     from skipdecode.model_runner.weights import resolve_model_path
