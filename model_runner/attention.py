@@ -27,7 +27,22 @@ def paged_attention(
     key_rows = ctx.key_cache.view(-1, ctx.block_size * head_dim)
     value_rows = ctx.value_cache.view(key_rows.shape)
     outputs = []
-    for group, rows in zip(ctx.plan.groups, ctx.read_rows):  # at most two groups
+    for group, rows, tables in zip(ctx.plan.groups, ctx.read_rows, ctx.tables):  # <= 2 groups
+        if rows is None:  # a decode group, read in place by the CPU kernel (cpu_attention.py)
+            queries = query if query.is_contiguous() else query.contiguous()
+            outputs.append(
+                ctx.decode_kernel(
+                    queries,
+                    ctx.key_cache,
+                    ctx.value_cache,
+                    group.row_index.view(-1),
+                    tables,
+                    group.kv_lens,
+                    ctx.block_size,
+                    scale,
+                )
+            )
+            continue
         # index_select along dim 0, not advanced indexing nor dim 1: the fast memcpy path.
         shape = (num_kv_heads, group.num_seqs, -1, head_dim)  # [kv_heads, S, max_kv, head_dim]
         keys = key_rows.index_select(0, rows).view(shape)

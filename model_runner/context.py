@@ -14,11 +14,14 @@ at position ``p`` attends to the layer's slots for positions ``0..p``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+# (query, key_cache, value_cache, rows, tables, kv_lens, block_size, scale) -> [S, heads * dim]
+DecodeKernel = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -29,10 +32,16 @@ class AttentionGroup:
     row_index: torch.Tensor  # [S, max_q] running-row index of each query; padding points at 0
     mask: torch.Tensor  # [S, 1, max_q, max_kv] bool, True where the query may attend
     num_blocks: int  # max_kv / block_size: keys are read whole blocks at a time
+    kv_lens: torch.Tensor  # [S] keys each sequence's last query attends to (positions 0..n-1)
 
     @property
     def num_seqs(self) -> int:
         return self.seq_index.shape[0]
+
+    @property
+    def is_decode(self) -> bool:
+        """One query per sequence (host-side shape, no device sync)."""
+        return self.row_index.shape[1] == 1
 
 
 @dataclass
@@ -51,11 +60,13 @@ class LayerContext:
     """What one layer's attention needs: its plan, its slots and the shared KV pool."""
 
     plan: LayerPlan
-    read_rows: list[torch.Tensor]  # per group: [kv_heads * S * num_blocks] pool rows to read
+    read_rows: list[torch.Tensor | None]  # per group: [kv_heads * S * num_blocks] pool rows
+    tables: list[torch.Tensor | None]  # per decode group with a kernel: [S, num_blocks] blocks
     write_slots: torch.Tensor  # [num_tokens] flat pool slot of each running token's K/V
     key_cache: torch.Tensor  # [num_kv_heads, num_blocks * block_size, head_dim]
     value_cache: torch.Tensor  # same shape as key_cache
     block_size: int
+    decode_kernel: DecodeKernel | None = None
 
 
 @dataclass
@@ -64,11 +75,13 @@ class StepContext:
 
     positions: torch.Tensor  # [N] position of each (depth-sorted) row
     layer_plans: list[LayerPlan]  # [L] (layers with the same running tokens share a plan)
-    read_rows: list[list[torch.Tensor]]  # [L] per group: (head, block) rows of the pool to read
+    read_rows: list[list[torch.Tensor | None]]  # [L] per group: (head, block) pool rows to read
+    tables: list[list[torch.Tensor | None]]  # [L] per group: blocks, for the decode kernel
     write_slots: torch.Tensor  # [L, N] flat pool slot of each row's K/V at each layer
     key_cache: torch.Tensor
     value_cache: torch.Tensor
     block_size: int
+    decode_kernel: DecodeKernel | None = None
 
     def layer(self, layer: int) -> LayerContext:
         plan = self.layer_plans[layer]
@@ -76,10 +89,12 @@ class StepContext:
         return LayerContext(
             plan=plan,
             read_rows=self.read_rows[layer],
+            tables=self.tables[layer],
             write_slots=slots[: plan.num_tokens] if plan.rows is None else slots[plan.rows],
             key_cache=self.key_cache,
             value_cache=self.value_cache,
             block_size=self.block_size,
+            decode_kernel=self.decode_kernel,
         )
 
 
@@ -116,11 +131,13 @@ def build_step_context(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     block_size: int,
+    decode_kernel: DecodeKernel | None = None,
 ) -> StepContext:
     """Build the metadata for one step from its chunks (one entry per scheduled sequence).
 
     ``warmup_layers[i]`` is sequence ``i``'s warm-up count ``w``: a token of depth ``D`` runs
-    layers ``[0, w)`` and ``[L - (D - w), L)``.
+    layers ``[0, w)`` and ``[L - (D - w), L)``. With a ``decode_kernel``, single-query groups
+    get block tables for it instead of pool rows to gather.
     """
     device = key_cache.device
     num_seqs = len(depths)
@@ -157,15 +174,22 @@ def build_step_context(
         num_slots // block_size
     )
     block_tensor = torch.from_numpy(tables).to(device)
-    read_rows: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+    read_rows: list[list[torch.Tensor | None]] = [[] for _ in range(num_layers)]
+    read_tables: list[list[torch.Tensor | None]] = [[] for _ in range(num_layers)]
     for plan in plans.values():
         layers = [i for i, p in enumerate(layer_plans) if p is plan]
         layer_index = torch.tensor(layers, device=device)
         for group in plan.groups:
             blocks = block_tensor[layer_index][:, group.seq_index, : group.num_blocks]
+            if decode_kernel is not None and group.is_decode:
+                for i, layer in enumerate(layers):
+                    read_rows[layer].append(None)
+                    read_tables[layer].append(blocks[i].contiguous())
+                continue
             rows = (head_rows + blocks.unsqueeze(0)).transpose(0, 1)  # [L', KVH, S, blocks]
             for i, layer in enumerate(layers):
                 read_rows[layer].append(rows[i].reshape(-1))
+                read_tables[layer].append(None)
     sorted_seq = seq_of_flat[layout.order]
     sorted_pos = flat_positions[layout.order]
     write_slots = (
@@ -175,10 +199,12 @@ def build_step_context(
         positions=torch.from_numpy(sorted_pos).to(device),
         layer_plans=layer_plans,
         read_rows=read_rows,
+        tables=read_tables,
         write_slots=torch.from_numpy(write_slots).to(device),
         key_cache=key_cache,
         value_cache=value_cache,
         block_size=block_size,
+        decode_kernel=decode_kernel,
     )
 
 
@@ -236,6 +262,7 @@ def _layer_plan(
                 row_index=torch.from_numpy(row_index).to(device),
                 mask=torch.from_numpy(mask[:, None]).to(device),
                 num_blocks=num_blocks,
+                kv_lens=torch.from_numpy(starts[members] + q_lens[members]).to(device),
             )
         )
     is_prefix = bool(np.array_equal(rows, np.arange(num_tokens)))
