@@ -79,34 +79,23 @@ class RandomOPT:
 
 
 def load_random_opt(preset: str, dtype: str, device: str) -> RandomOPT:
-    """Write ``preset``'s config.json to a temp dir, then build the model with random weights.
-
-    ``skipdecode.loading.load_model`` is not used: for a directory with only config.json it
-    would ask ``AutoTokenizer`` for OPT's tokenizer, which (depending on the transformers
-    version) fails or yields an empty GPT-2 tokenizer. The model is built exactly as its dummy
-    load format does, and the engine gets no tokenizer (prompts are token ids).
-    """
+    """Write ``preset``'s config.json to a temp dir, then load it with random weights and no
+    tokenizer (prompts are token ids)."""
     from skipdecode.config import ModelConfig
-    from skipdecode.loading import LoadedModel, eos_token_ids
-    from skipdecode.model_runner.loader import build_model
-    from skipdecode.model_runner.models import kv_head_shape
-    from skipdecode.model_runner.weights import load_hf_config
+    from skipdecode.loading import load_model
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"opt-{preset}-") as directory:
         opt_config(preset).save_pretrained(directory)  # config.json only
-        hf_config = load_hf_config(directory)
-    model_config = ModelConfig(dtype=dtype, device=device, load_format="dummy")
-    model = build_model(hf_config, None, model_config.torch_dtype, model_config.torch_device)
-    loaded = LoadedModel(
-        model=model,
-        hf_config=hf_config,
-        tokenizer=None,
-        max_model_len=hf_config.max_position_embeddings,
-        kv_shape=kv_head_shape(hf_config),
-        eos_token_ids=eos_token_ids(hf_config, None),
-    )
-    num_params = sum(p.numel() for p in model.parameters())
+        model_config = ModelConfig(
+            model=directory,
+            dtype=dtype,
+            device=device,
+            load_format="dummy",
+            skip_tokenizer_init=True,
+        )
+        loaded = load_model(model_config)
+    num_params = sum(p.numel() for p in loaded.model.parameters())
     _synchronize(model_config.torch_device)
     return RandomOPT(preset, loaded, num_params, time.perf_counter() - start)
 

@@ -34,6 +34,7 @@ class ModelConfig:
     max_model_len: int | None = None  # None: the model's own context length
     seed: int = 0
     load_format: str = "auto"  # "dummy": random weights from config.json alone (benchmarks)
+    skip_tokenizer_init: bool = False  # no tokenizer: prompts are token ids, outputs ids only
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in _DTYPES:

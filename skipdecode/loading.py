@@ -34,7 +34,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
     """Resolve the path, then load config, tokenizer and weights onto the configured device."""
     path = resolve_model_path(config.model)
     hf_config = load_hf_config(path)
-    tokenizer = _try_tokenizer(path)
+    tokenizer = None if config.skip_tokenizer_init else _try_tokenizer(path)
     default_skip = read_skip_schedule(path, hf_config.num_hidden_layers)  # fails before weights
     weights_path = None if config.load_format == "dummy" else path
     model = build_model(hf_config, weights_path, config.torch_dtype, config.torch_device)
@@ -63,7 +63,11 @@ def eos_token_ids(hf_config, tokenizer) -> frozenset[int]:
 
 def _try_tokenizer(path: str):
     try:
-        return load_tokenizer(path)
+        tokenizer = load_tokenizer(path)
     except (OSError, ValueError) as exc:
         logger.warning("no tokenizer at %s (%s): prompts must be token ids", path, exc)
         return None
+    if tokenizer.vocab_size == 0:  # transformers' fallback for a folder with config.json only
+        logger.warning("empty tokenizer at %s: prompts must be token ids", path)
+        return None
+    return tokenizer
