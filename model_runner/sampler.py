@@ -149,7 +149,8 @@ class Sampler:
         """Sample ``[S]`` token ids from ``[S, V]`` logits (any float dtype; computed in fp32)."""
         if batch.is_all_greedy and not batch.has_penalties and batch.max_num_logprobs is None:
             # Widening to fp32 is exact, so the argmax is the same without the [S, V] copy.
-            return SamplerOutput(logits.argmax(dim=-1), None, None, None)
+            # max().indices is argmax (first maximum on ties) at half its CPU time in bf16.
+            return SamplerOutput(logits.max(dim=-1).indices, None, None, None)
         raw_logits = logits.float()
         logits = apply_penalties(raw_logits, batch)
         if batch.is_all_greedy:

@@ -21,6 +21,16 @@ def test_greedy_rows_take_the_argmax() -> None:
     assert out.logprobs is None and out.top_token_ids is None and out.top_logprobs is None
 
 
+def test_greedy_ties_take_the_first_maximum_in_bf16() -> None:
+    # bf16 logits tie often; greedy must pick the lowest tied id, as argmax does.
+    logits = torch.zeros(4, 64, dtype=torch.bfloat16)
+    logits[0, [3, 9]] = 1.0
+    logits[1, [40, 7, 63]] = 2.5
+    logits[3, [0, 63]] = -1.0  # row 2: all equal -> 0; row 3: max 0 at id 1
+    batch = make_batch([SamplingParams(temperature=0.0)] * 4, 64)
+    assert Sampler()(logits, batch).token_ids.tolist() == [3, 7, 0, 1]
+
+
 def test_penalties_match_per_row_reference_exactly() -> None:
     vocab_size = 40
     params = [
