@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from skipdecode.model_runner.cpu_packing import can_pack, pack_linears
+from skipdecode.model_runner.cpu_packing import can_pack, fuse_projections, pack_linears
 from skipdecode.model_runner.models import model_class_for
 from skipdecode.model_runner.weights import iter_weights
 
@@ -28,6 +28,7 @@ def build_model(config, path: str | None, dtype: torch.dtype, device: torch.devi
         load_weights(model, iter_weights(path))
     _rebuild_buffers(model, config, device, dtype)
     if can_pack(model):
+        fuse_projections(model)
         pack_linears(model)
     return model.eval()
 

@@ -28,13 +28,18 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1).to(device)  # [max_positions, head_dim]
         self.cos = (emb.cos() * scaling).to(dtype)
         self.sin = (emb.sin() * scaling).to(dtype)
+        self._positions: torch.Tensor | None = None  # the last positions seen, and their rows
+        self._cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # q: [n, heads, head_dim], k: [n, kv_heads, head_dim]; cos/sin: [n, 1, head_dim]
-        cos = self.cos.index_select(0, positions).unsqueeze(1)
-        sin = self.sin.index_select(0, positions).unsqueeze(1)
+        if positions is not self._positions:  # layers sharing a plan share its positions
+            cos = self.cos.index_select(0, positions).unsqueeze(1)
+            sin = self.sin.index_select(0, positions).unsqueeze(1)
+            self._positions, self._cos_sin = positions, (cos, sin)  # held: the id stays unique
+        cos, sin = self._cos_sin
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 

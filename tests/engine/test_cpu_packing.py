@@ -8,7 +8,12 @@ from torch import nn
 
 import skipdecode.model_runner.loader as loader
 from skipdecode import LLM, SamplingParams
-from skipdecode.model_runner.cpu_packing import PackedLinear, can_pack, pack_linears
+from skipdecode.model_runner.cpu_packing import (
+    PackedLinear,
+    can_pack,
+    fuse_projections,
+    pack_linears,
+)
 
 pytestmark = pytest.mark.skipif(
     not hasattr(torch.ops.mkldnn, "_linear_pointwise"), reason="torch built without oneDNN"
@@ -39,9 +44,44 @@ def test_packed_engine_generates_the_same_tokens(tiny_llama_dir, monkeypatch):
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     packed = LLM(str(tiny_llama_dir), dtype="bfloat16", num_kv_blocks=256)
     assert isinstance(packed.engine.runner.model.lm_head, PackedLinear)
+    layer = packed.engine.runner.model.model.layers[0]
+    assert isinstance(layer.self_attn.qkv_proj, PackedLinear)
+    assert isinstance(layer.mlp.gate_up_proj, PackedLinear)
+    assert not hasattr(layer.self_attn, "q_proj") and not hasattr(layer.mlp, "up_proj")
     monkeypatch.setattr(loader, "can_pack", lambda model: False)
     plain = LLM(str(tiny_llama_dir), dtype="bfloat16", num_kv_blocks=256)
     assert type(plain.engine.runner.model.lm_head) is nn.Linear
     assert [o.token_ids for o in packed.generate(prompts, params)] == [
         o.token_ids for o in plain.generate(prompts, params)
     ]
+
+
+class Projections(nn.Module):
+    """A module that declares a fused q/k/v slot, like LlamaAttention."""
+
+    def __init__(self, biases=(True, True, True)) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(16, 16, bias=biases[0])
+        self.k_proj = nn.Linear(16, 8, bias=biases[1])
+        self.v_proj = nn.Linear(16, 8, bias=biases[2])
+        self.qkv_proj = None
+
+
+def test_fuse_projections_concatenates_and_removes_the_parts():
+    module = Projections()
+    x = torch.randn(5, 16)
+    expected = [module.q_proj(x), module.k_proj(x), module.v_proj(x)]
+    assert fuse_projections(module) == 1
+    got = module.qkv_proj(x).split((16, 8, 8), dim=-1)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert not hasattr(module, "q_proj") and not hasattr(module, "v_proj")
+    assert fuse_projections(module) == 0  # already fused
+
+
+def test_fuse_projections_leaves_what_it_cannot_fuse():
+    mixed = Projections(biases=(True, False, True))  # one bias shape for all, or none
+    assert fuse_projections(mixed) == 0 and mixed.qkv_proj is None
+    no_slot = nn.Module()  # projections without a declared fused slot (e.g. OPT) stay
+    no_slot.q_proj, no_slot.k_proj, no_slot.v_proj = (nn.Linear(4, 4) for _ in range(3))
+    assert fuse_projections(no_slot) == 0 and hasattr(no_slot, "q_proj")
