@@ -114,8 +114,10 @@ def target_rows(results: dict[str, list[dict]], streams: int = 16) -> list[list[
                 label = f"skip efficiency at {target:g}x (gain / FLOP-ideal)"
                 rows.append((label, gain / row["flop_ideal_gain"], 0.9))
     for payload in results.get("latency", []):
+        rows.extend(_decode_efficiency_rows(payload.get("results", [])))
         fraction = payload.get("matmul", {}).get("decode_fraction_of_matmul")
-        rows.append(("decode step at full depth / matmul peak", fraction, 0.5))
+        if fraction is not None or "matmul" in payload:
+            rows.append(("decode step at full depth / matmul peak", fraction, 0.5))
     for payload in results.get("kv", []):
         fits = {r["target_speedup"]: r["max_concurrent_seqs"] for r in payload["results"]}
         rows.append(
@@ -130,6 +132,20 @@ def target_rows(results: dict[str, list[dict]], streams: int = 16) -> list[list[
         ]
         for name, value, goal in rows
     ]
+
+
+def _decode_efficiency_rows(points: list[dict]) -> list[tuple[str, float, float]]:
+    """Skip efficiency of decode steps alone (``bench latency --speedups``): the step-time gain
+    over 1x at the same batch and context, divided by the FLOP-ideal gain, which is the ratio of
+    achieved GFLOP/s (FLOPs counted at each token's depth)."""
+    by_point = {(r["batch_size"], r["context_len"], r["target_speedup"]): r for r in points}
+    rows = []
+    for (batch, context, target), row in sorted(by_point.items()):
+        base = by_point.get((batch, context, 1.0))
+        if target in (2.0, 3.0) and base and base["achieved_gflops"]:
+            label = f"decode skip efficiency at {target:g}x, batch {batch}, context {context}"
+            rows.append((label, row["achieved_gflops"] / base["achieved_gflops"], 0.9))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -138,7 +138,12 @@ def test_target_ratios_from_hand_made_results():
             {"target_speedup": 2.0, "output_tokens_per_s": 180.0, "flop_ideal_gain": 1.8},
             {"target_speedup": 3.0, "output_tokens_per_s": 200.0, "flop_ideal_gain": 2.5},
         ]}],
-        "latency": [{"matmul": {"decode_fraction_of_matmul": 0.45}}],
+        "latency": [{"matmul": {"decode_fraction_of_matmul": 0.45}, "results": [
+            {"batch_size": 64, "context_len": 128, "target_speedup": 1.0, "achieved_gflops": 100.0},
+            {"batch_size": 64, "context_len": 128, "target_speedup": 2.0, "achieved_gflops": 95.0},
+            {"batch_size": 64, "context_len": 128, "target_speedup": 3.0, "achieved_gflops": 80.0},
+            {"batch_size": 16, "context_len": 128, "target_speedup": 1.0, "achieved_gflops": 50.0},
+        ]}],
         "kv": [{"results": [{"target_speedup": 1.0, "max_concurrent_seqs": 4},
                             {"target_speedup": 3.0, "max_concurrent_seqs": 10}]}],
     }  # fmt: skip
@@ -150,4 +155,8 @@ def test_target_ratios_from_hand_made_results():
     assert rows["skip efficiency at 2x (gain / FLOP-ideal)"] == ("1.00", "yes")  # 1.8 / 1.8
     assert rows["skip efficiency at 3x (gain / FLOP-ideal)"] == ("0.80", "no")  # 2.0 / 2.5
     assert rows["decode step at full depth / matmul peak"] == ("0.45", "no")
+    # Decode steps alone: step gain / FLOP-ideal gain = achieved GFLOP/s at kx / at 1x.
+    assert rows["decode skip efficiency at 2x, batch 64, context 128"] == ("0.95", "yes")
+    assert rows["decode skip efficiency at 3x, batch 64, context 128"] == ("0.80", "no")
+    assert not any("batch 16" in name for name in rows)  # no skip rows at batch 16
     assert rows["sequences in the KV budget, 3x / 1x"] == ("2.50", "yes")
