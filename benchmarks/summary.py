@@ -116,7 +116,7 @@ def target_rows(results: dict[str, list[dict]], streams: int = 16) -> list[list[
     for payload in results.get("latency", []):
         rows.extend(_decode_efficiency_rows(payload.get("results", [])))
         fraction = payload.get("matmul", {}).get("decode_fraction_of_matmul")
-        if fraction is not None or "matmul" in payload:
+        if fraction is not None:
             rows.append(("decode step at full depth / matmul peak", fraction, 0.5))
     for payload in results.get("kv", []):
         fits = {r["target_speedup"]: r["max_concurrent_seqs"] for r in payload["results"]}
