@@ -29,10 +29,9 @@ def paged_attention(
     outputs = []
     for group, rows, tables in zip(ctx.plan.groups, ctx.read_rows, ctx.tables):  # <= 2 groups
         if rows is None:  # a decode group, read in place by the CPU kernel (cpu_attention.py)
-            queries = query if query.is_contiguous() else query.contiguous()
             outputs.append(
                 ctx.decode_kernel(
-                    queries,
+                    query.contiguous(),  # a no-op when it already is
                     ctx.key_cache,
                     ctx.value_cache,
                     group.row_index.view(-1),
