@@ -103,6 +103,7 @@ def bench_latency(args: argparse.Namespace) -> dict:
     flops = ModelFlops.from_hf_config(engine.hf_config)
     measure_decode(engine, 1, min(args.context_len), skip_for(1.0), 2, args.seed)  # warm-up
     rows = []
+    results: dict = {"num_layers": flops.num_layers, "results": rows, "complete": False}
     for batch in args.batch_size:
         for context in args.context_len:
             for speedup in speedups:
@@ -110,7 +111,8 @@ def bench_latency(args: argparse.Namespace) -> dict:
                     engine, batch, context, skip_for(speedup), args.num_steps, args.seed
                 )
                 rows.append(_row(batch, context, speedup, point, flops, args.num_steps))
-    results: dict = {"num_layers": flops.num_layers, "results": rows}
+                # Rewritten after every point: a run stopped by a timeout keeps what it measured.
+                write_results(args.output_json, "latency", vars(args), results)
     full = [r for r in rows if r["target_speedup"] == 1.0]
     if not args.no_profile:
         batch, context = max(args.batch_size), args.context_len[0]
@@ -127,6 +129,7 @@ def bench_latency(args: argparse.Namespace) -> dict:
         matmul["decode_fraction_of_matmul"] = achieved / matmul["model_mix_gflops"]
         matmul["decode_fraction_of_best_shape"] = achieved / matmul["best_shape_gflops"]
     results["matmul"] = matmul
+    results["complete"] = True
     return write_results(args.output_json, "latency", vars(args), results)
 
 

@@ -59,6 +59,7 @@ def module_category(name: str) -> str | None:
 @contextlib.contextmanager
 def labelled(engine) -> Iterator[None]:
     """Label the engine's modules and host phases with record_function ranges, then unlabel."""
+    from skipdecode.model_runner import ops
     from skipdecode.model_runner import runner as runner_module
 
     open_ranges: list[record_function] = []  # module calls nest, so one stack serves all
@@ -87,16 +88,24 @@ def labelled(engine) -> Iterator[None]:
         ]
         for owner, attr, label in targets:
             stack.enter_context(_wrapped(owner, attr, PREFIX + label))
+        # With the CPU kernels, a layer's norms are kernel calls that bypass the norm modules'
+        # hooks; without them (kernels=None) the modules are called and their hooks label them.
+        for attr in ("rms_norm", "add_rms_norm"):
+            with_kernels = lambda *args: args[-1] is not None  # noqa: E731
+            stack.enter_context(_wrapped(ops, attr, PREFIX + "norms", when=with_kernels))
         yield
 
 
 @contextlib.contextmanager
-def _wrapped(owner: object, attr: str, label: str) -> Iterator[None]:
-    """Replace ``owner.attr`` by a call inside a ``label`` range; restore it afterwards."""
+def _wrapped(owner: object, attr: str, label: str, when=None) -> Iterator[None]:
+    """Replace ``owner.attr`` by a call inside a ``label`` range (only the calls whose arguments
+    ``when`` accepts, if given); restore it afterwards."""
     original = getattr(owner, attr)
     had_own = attr in vars(owner)
 
     def call(*args, **kwargs):
+        if when is not None and not when(*args):
+            return original(*args, **kwargs)
         with record_function(label):
             return original(*args, **kwargs)
 

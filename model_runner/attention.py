@@ -20,17 +20,28 @@ def paged_attention(
     query: [n, num_heads, head_dim]; key, value: [n, num_kv_heads, head_dim] for the ``n`` rows
     that run the layer. Returns [n, num_heads * head_dim].
     """
+    store_kv(key, value, ctx)
+    return attend(query, ctx, scale)
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, ctx: LayerContext) -> None:
+    """Write the running rows' keys and values ([n, num_kv_heads, head_dim]) to their slots."""
     ctx.key_cache.index_copy_(1, ctx.write_slots, key.transpose(0, 1))
     ctx.value_cache.index_copy_(1, ctx.write_slots, value.transpose(0, 1))
+
+
+def attend(query: torch.Tensor, ctx: LayerContext, scale: float) -> torch.Tensor:
+    """Attention of the running rows' queries ([n, num_heads, head_dim]) over the layer's stored
+    keys and values (this step's included). Returns [n, num_heads * head_dim]."""
     num_kv_heads, _, head_dim = ctx.key_cache.shape
     # One row per (head, block): a block of one head is contiguous, [block_size * head_dim].
     key_rows = ctx.key_cache.view(-1, ctx.block_size * head_dim)
     value_rows = ctx.value_cache.view(key_rows.shape)
     outputs = []
     for group, rows, tables in zip(ctx.plan.groups, ctx.read_rows, ctx.tables):  # <= 2 groups
-        if rows is None:  # a decode group, read in place by the CPU kernel (cpu_attention.py)
+        if rows is None:  # a decode group, read in place by the CPU kernel (cpu_kernels.py)
             outputs.append(
-                ctx.decode_kernel(
+                ctx.kernels.decode_attention(
                     query.contiguous(),  # a no-op when it already is
                     ctx.key_cache,
                     ctx.value_cache,
@@ -50,7 +61,7 @@ def paged_attention(
         out = grouped_attention(queries, keys, values, group.mask, scale)
         outputs.append(out.reshape(-1, query.shape[1] * head_dim))
     flat = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-    return flat.index_select(0, ctx.plan.out_index)
+    return flat if ctx.plan.out_is_identity else flat.index_select(0, ctx.plan.out_index)
 
 
 def _gather(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

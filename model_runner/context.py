@@ -14,14 +14,12 @@ at position ``p`` attends to the layer's slots for positions ``0..p``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
-
-# (query, key_cache, value_cache, rows, tables, kv_lens, block_size, scale) -> [S, heads * dim]
-DecodeKernel = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -53,6 +51,7 @@ class LayerPlan:
     positions: torch.Tensor  # [num_tokens] position of each running row
     groups: list[AttentionGroup]
     out_index: torch.Tensor  # [num_tokens] each running row's index in the concatenated outputs
+    out_is_identity: bool = False  # the concatenated outputs are already in running-row order
 
 
 @dataclass
@@ -66,7 +65,7 @@ class LayerContext:
     key_cache: torch.Tensor  # [num_kv_heads, num_blocks * block_size, head_dim]
     value_cache: torch.Tensor  # same shape as key_cache
     block_size: int
-    decode_kernel: DecodeKernel | None = None
+    kernels: ModuleType | None = None  # the CPU kernels (cpu_kernels.py), or None: PyTorch ops
 
 
 @dataclass
@@ -81,7 +80,7 @@ class StepContext:
     key_cache: torch.Tensor
     value_cache: torch.Tensor
     block_size: int
-    decode_kernel: DecodeKernel | None = None
+    kernels: ModuleType | None = None  # the CPU kernels (cpu_kernels.py), or None: PyTorch ops
 
     def layer(self, layer: int) -> LayerContext:
         plan = self.layer_plans[layer]
@@ -94,7 +93,7 @@ class StepContext:
             key_cache=self.key_cache,
             value_cache=self.value_cache,
             block_size=self.block_size,
-            decode_kernel=self.decode_kernel,
+            kernels=self.kernels,
         )
 
 
@@ -131,13 +130,13 @@ def build_step_context(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     block_size: int,
-    decode_kernel: DecodeKernel | None = None,
+    kernels: ModuleType | None = None,
 ) -> StepContext:
     """Build the metadata for one step from its chunks (one entry per scheduled sequence).
 
     ``warmup_layers[i]`` is sequence ``i``'s warm-up count ``w``: a token of depth ``D`` runs
-    layers ``[0, w)`` and ``[L - (D - w), L)``. With a ``decode_kernel``, single-query groups
-    get block tables for it instead of pool rows to gather.
+    layers ``[0, w)`` and ``[L - (D - w), L)``. With the CPU ``kernels``, single-query groups
+    get block tables for their decode attention instead of pool rows to gather.
     """
     device = key_cache.device
     num_seqs = len(depths)
@@ -181,7 +180,7 @@ def build_step_context(
         layer_index = torch.tensor(layers, device=device)
         for group in plan.groups:
             blocks = block_tensor[layer_index][:, group.seq_index, : group.num_blocks]
-            if decode_kernel is not None and group.is_decode:
+            if kernels is not None and group.is_decode:
                 for i, layer in enumerate(layers):
                     read_rows[layer].append(None)
                     read_tables[layer].append(blocks[i].contiguous())
@@ -200,11 +199,11 @@ def build_step_context(
         layer_plans=layer_plans,
         read_rows=read_rows,
         tables=read_tables,
-        write_slots=torch.from_numpy(write_slots).to(device),
+        write_slots=torch.from_numpy(np.ascontiguousarray(write_slots)).to(device),
         key_cache=key_cache,
         value_cache=value_cache,
         block_size=block_size,
-        decode_kernel=decode_kernel,
+        kernels=kernels,
     )
 
 
@@ -272,4 +271,5 @@ def _layer_plan(
         positions=torch.from_numpy(starts[seq_of_row] + chunk_pos).to(device),
         groups=groups,
         out_index=torch.from_numpy(out_index).to(device),
+        out_is_identity=base == num_tokens and bool(np.array_equal(out_index, np.arange(base))),
     )

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from skipdecode.model_runner.context import StepLayout, build_step_context, sort_by_start_layer
-from skipdecode.model_runner.cpu_attention import decode_attention_kernel
+from skipdecode.model_runner.cpu_kernels import cpu_kernels
 from skipdecode.model_runner.sampler import Sampler, SamplerOutput, SamplingBatch
 from skipdecode.scheduler.outputs import RunnerOutput, ScheduledSequence, SchedulerOutput
 
@@ -38,7 +38,7 @@ class ModelRunner:
         shape = (num_kv_heads, num_blocks * block_size, head_dim)
         self.key_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.value_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.decode_kernel = decode_attention_kernel(self.device, self.dtype)  # None: torch ops
+        self.kernels = cpu_kernels(self.device, self.dtype)  # None: PyTorch ops
         self.sampler = Sampler()
         self._generators: dict[str, torch.Generator] = {}
 
@@ -71,7 +71,7 @@ class ModelRunner:
             key_cache=self.key_cache,
             value_cache=self.value_cache,
             block_size=self.block_size,
-            decode_kernel=self.decode_kernel,
+            kernels=self.kernels,
         )
         hidden = self.model(input_ids, ctx)  # [N, hidden]
         sampled = [s for s in seqs if s.is_sampled]

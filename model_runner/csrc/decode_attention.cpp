@@ -6,8 +6,6 @@
 // rows:    [S] query row of each sequence;  tables: [S, max_blocks] block ids;
 // lengths: [S] keys each sequence attends to (its positions 0 .. length - 1).
 // Returns  [S, heads * head_dim].
-#include <torch/extension.h>
-
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -16,30 +14,74 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_common.h"
+
+namespace skipdecode {
 namespace {
 
-inline float to_float(float x) { return x; }
-
-inline float to_float(at::BFloat16 x) {
-  uint32_t bits = static_cast<uint32_t>(x.x) << 16;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
+// One (sequence, KV head): the GROUP query heads that share the KV head read each key and value
+// once. DIM > 0 / GROUP > 0: known at compile time, so q, the accumulators and a key row live in
+// fixed-size local arrays (registers) and the loops unroll; 0: any size (heap buffers).
+template <typename T, int64_t DIM, int64_t GROUP>
+void attend_one(const T* q_src, const T* k_head, const T* v_head, const int64_t* table,
+                int64_t length, int64_t block_size, float scale, int64_t dim_rt,
+                int64_t group_rt, float* q, float* acc, float* row, std::vector<float>& scores,
+                T* dst) {
+  const int64_t dim = DIM > 0 ? DIM : dim_rt, group = GROUP > 0 ? GROUP : group_rt;
+  load_row(q_src, q, group * dim);
+  for (int64_t i = 0; i < group * dim; ++i) q[i] *= scale;
+  scores.resize(group * length);
+  float* sc = scores.data();
+  // Walk the table block by block: no per-position division to find a key's slot.
+  for (int64_t start = 0, b = 0; start < length; start += block_size, ++b) {
+    const T* k_block = k_head + table[b] * block_size * dim;
+    const int64_t count = std::min(block_size, length - start);
+    for (int64_t o = 0; o < count; ++o) {  // scores[g, p] = q_g . k_p
+      load_row(k_block + o * dim, row, dim);
+      for (int64_t g = 0; g < group; ++g) {
+        float dot = 0.0f;
+        for (int64_t d = 0; d < dim; ++d) dot += q[g * dim + d] * row[d];
+        sc[g * length + start + o] = dot;
+      }
+    }
+  }
+  float inv_total[GROUP > 0 ? GROUP : 1];
+  std::vector<float> inv_heap(GROUP > 0 ? 0 : group);
+  float* inv = GROUP > 0 ? inv_total : inv_heap.data();
+  for (int64_t g = 0; g < group; ++g) {  // unnormalised softmax over p, in place
+    float* sg = sc + g * length;
+    float peak = sg[0];  // length >= 1: a decoding token attends at least to itself
+    for (int64_t p = 1; p < length; ++p) peak = std::max(peak, sg[p]);
+    float total = 0.0f;
+    for (int64_t p = 0; p < length; ++p) {
+      sg[p] = std::exp(sg[p] - peak);
+      total += sg[p];
+    }
+    inv[g] = 1.0f / total;
+  }
+  for (int64_t i = 0; i < group * dim; ++i) acc[i] = 0.0f;
+  for (int64_t start = 0, b = 0; start < length; start += block_size, ++b) {
+    const T* v_block = v_head + table[b] * block_size * dim;
+    const int64_t count = std::min(block_size, length - start);
+    for (int64_t o = 0; o < count; ++o) {  // acc[g] = sum_p weight[g, p] * v_p
+      load_row(v_block + o * dim, row, dim);
+      for (int64_t g = 0; g < group; ++g) {
+        const float w = sc[g * length + start + o];
+        for (int64_t d = 0; d < dim; ++d) acc[g * dim + d] += w * row[d];
+      }
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    for (int64_t d = 0; d < dim; ++d) dst[g * dim + d] = static_cast<T>(acc[g * dim + d] * inv[g]);
+  }
 }
 
-template <typename T>
-inline void load_row(const T* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = to_float(src[i]);
-}
-
-// DIM > 0: head_dim known at compile time (fully unrolled, vectorised loops); 0: any head_dim.
-template <typename T, int64_t DIM>
+template <typename T, int64_t DIM, int64_t GROUP>
 void decode_attention_kernel(const at::Tensor& query, const at::Tensor& key_cache,
                              const at::Tensor& value_cache, const at::Tensor& rows,
                              const at::Tensor& tables, const at::Tensor& lengths,
                              int64_t block_size, double scale, at::Tensor& out) {
-  const int64_t num_seqs = rows.size(0), heads = query.size(1);
-  const int64_t dim = DIM > 0 ? DIM : query.size(2);
+  const int64_t num_seqs = rows.size(0), heads = query.size(1), dim = query.size(2);
   const int64_t kv_heads = key_cache.size(0), num_slots = key_cache.size(1);
   const int64_t group = heads / kv_heads, max_blocks = tables.size(1);
   const T* q_data = query.data_ptr<T>();
@@ -50,58 +92,47 @@ void decode_attention_kernel(const at::Tensor& query, const at::Tensor& key_cach
   const int64_t* length_data = lengths.data_ptr<int64_t>();
   T* out_data = out.data_ptr<T>();
   const float fscale = static_cast<float>(scale);
+  constexpr bool fixed = DIM > 0 && GROUP > 0;
 
-  // One task per (sequence, kv head): the query heads of the group share each key read.
+  // One task per (sequence, kv head).
   at::parallel_for(0, num_seqs * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> q(group * dim), acc(group * dim), row(dim), scores;
+    alignas(64) float q_fixed[fixed ? GROUP * DIM : 1], acc_fixed[fixed ? GROUP * DIM : 1];
+    alignas(64) float row_fixed[fixed ? DIM : 1];
+    std::vector<float> q_heap(fixed ? 0 : group * dim), acc_heap(fixed ? 0 : group * dim);
+    std::vector<float> row_heap(fixed ? 0 : dim), scores;
+    float* q = fixed ? q_fixed : q_heap.data();
+    float* acc = fixed ? acc_fixed : acc_heap.data();
+    float* row = fixed ? row_fixed : row_heap.data();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / kv_heads, h = task % kv_heads;
-      const int64_t length = length_data[s];
-      const int64_t* table = table_data + s * max_blocks;
-      const T* q_src = q_data + (row_data[s] * heads + h * group) * dim;
-      load_row(q_src, q.data(), group * dim);
-      for (float& x : q) x *= fscale;
-      const T* k_head = k_data + h * num_slots * dim;
-      const T* v_head = v_data + h * num_slots * dim;
-      scores.assign(group * length, 0.0f);
-
-      for (int64_t p = 0; p < length; ++p) {  // scores[g, p] = q_g . k_p
-        const int64_t slot = table[p / block_size] * block_size + p % block_size;
-        load_row(k_head + slot * dim, row.data(), dim);
-        for (int64_t g = 0; g < group; ++g) {
-          const float* qg = q.data() + g * dim;
-          float dot = 0.0f;
-          for (int64_t d = 0; d < dim; ++d) dot += qg[d] * row[d];
-          scores[g * length + p] = dot;
-        }
-      }
-      for (int64_t g = 0; g < group; ++g) {  // softmax over p, in place
-        float* sg = scores.data() + g * length;
-        float peak = sg[0];  // length >= 1: a decoding token attends at least to itself
-        for (int64_t p = 1; p < length; ++p) peak = std::max(peak, sg[p]);
-        float total = 0.0f;
-        for (int64_t p = 0; p < length; ++p) {
-          sg[p] = std::exp(sg[p] - peak);
-          total += sg[p];
-        }
-        const float inv = 1.0f / total;
-        for (int64_t p = 0; p < length; ++p) sg[p] *= inv;
-      }
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t p = 0; p < length; ++p) {  // acc[g] = sum_p probs[g, p] * v_p
-        const int64_t slot = table[p / block_size] * block_size + p % block_size;
-        load_row(v_head + slot * dim, row.data(), dim);
-        for (int64_t g = 0; g < group; ++g) {
-          const float w = scores[g * length + p];
-          float* ag = acc.data() + g * dim;
-          for (int64_t d = 0; d < dim; ++d) ag[d] += w * row[d];
-        }
-      }
-      T* dst = out_data + (s * heads + h * group) * dim;
-      for (int64_t i = 0; i < group * dim; ++i) dst[i] = static_cast<T>(acc[i]);
+      attend_one<T, DIM, GROUP>(q_data + (row_data[s] * heads + h * group) * dim,
+                                k_data + h * num_slots * dim, v_data + h * num_slots * dim,
+                                table_data + s * max_blocks, length_data[s], block_size, fscale,
+                                dim, group, q, acc, row, scores,
+                                out_data + (s * heads + h * group) * dim);
     }
   });
 }
+
+// Compile-time head_dim and group size for the common shapes; anything else runs generic.
+template <typename T>
+void dispatch(int64_t dim, int64_t group, const at::Tensor& query, const at::Tensor& key_cache,
+              const at::Tensor& value_cache, const at::Tensor& rows, const at::Tensor& tables,
+              const at::Tensor& lengths, int64_t block_size, double scale, at::Tensor& out) {
+#define SKIPDECODE_CASE(D, G)                                                              \
+  if (dim == D && group == G) {                                                            \
+    return decode_attention_kernel<T, D, G>(query, key_cache, value_cache, rows, tables,   \
+                                            lengths, block_size, scale, out);              \
+  }
+  SKIPDECODE_CASE(64, 1) SKIPDECODE_CASE(64, 2) SKIPDECODE_CASE(64, 3) SKIPDECODE_CASE(64, 4)
+  SKIPDECODE_CASE(128, 1) SKIPDECODE_CASE(128, 2) SKIPDECODE_CASE(128, 4)
+  SKIPDECODE_CASE(128, 8)
+#undef SKIPDECODE_CASE
+  decode_attention_kernel<T, 0, 0>(query, key_cache, value_cache, rows, tables, lengths,
+                                   block_size, scale, out);
+}
+
+}  // namespace
 
 at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key_cache,
                             const at::Tensor& value_cache, const at::Tensor& rows,
@@ -129,27 +160,15 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key_cache
   TORCH_CHECK(query.scalar_type() == at::kFloat || query.scalar_type() == at::kBFloat16,
               "decode_attention supports float32 and bfloat16, got ", query.scalar_type());
   auto out = at::empty({rows.size(0), query.size(1) * query.size(2)}, query.options());
-  const bool is_float = query.scalar_type() == at::kFloat;
-  const int64_t dim = query.size(2);
-#define SKIPDECODE_RUN(T, DIM)                                                                \
-  decode_attention_kernel<T, DIM>(query, key_cache, value_cache, rows, tables, lengths,     \
-                                  block_size, scale, out)
-  if (is_float) {
-    if (dim == 64) SKIPDECODE_RUN(float, 64);
-    else if (dim == 128) SKIPDECODE_RUN(float, 128);
-    else SKIPDECODE_RUN(float, 0);
+  const int64_t dim = query.size(2), group = query.size(1) / key_cache.size(0);
+  if (query.scalar_type() == at::kFloat) {
+    dispatch<float>(dim, group, query, key_cache, value_cache, rows, tables, lengths, block_size,
+                    scale, out);
   } else {
-    if (dim == 64) SKIPDECODE_RUN(at::BFloat16, 64);
-    else if (dim == 128) SKIPDECODE_RUN(at::BFloat16, 128);
-    else SKIPDECODE_RUN(at::BFloat16, 0);
+    dispatch<at::BFloat16>(dim, group, query, key_cache, value_cache, rows, tables, lengths,
+                           block_size, scale, out);
   }
-#undef SKIPDECODE_RUN
   return out;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_attention", &decode_attention, "paged single-query attention (CPU)",
-        pybind11::call_guard<pybind11::gil_scoped_release>());
-}
+}  // namespace skipdecode

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skipdecode.model_runner.attention import paged_attention, run_layers
+from skipdecode.model_runner import ops
+from skipdecode.model_runner.attention import attend, paged_attention, run_layers
 from skipdecode.model_runner.context import LayerContext, StepContext
 from skipdecode.model_runner.models.rotary import RotaryEmbedding
 
@@ -41,17 +42,19 @@ class LlamaAttention(nn.Module):
         self.rotary = rotary  # shared, not a parameter owner
 
     def forward(self, x: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
-        n = x.shape[0]
+        n, scale = x.shape[0], self.head_dim**-0.5
         if self.qkv_proj is not None:
             q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if ctx.kernels is not None:  # RoPE and the KV store in one pass
+            q = ops.rotary_store(q, k, v, self.rotary, ctx, ctx.kernels)
+            return self.o_proj(attend(q, ctx, scale))
         q = q.reshape(n, self.num_heads, self.head_dim)
         k = k.reshape(n, self.num_kv_heads, self.head_dim)
         v = v.reshape(n, self.num_kv_heads, self.head_dim)
         q, k = self.rotary(ctx.plan.positions, q, k)
-        out = paged_attention(q, k, v, ctx, scale=self.head_dim**-0.5)
-        return self.o_proj(out)
+        return self.o_proj(paged_attention(q, k, v, ctx, scale))
 
 
 class LlamaMLP(nn.Module):
@@ -63,12 +66,10 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.gate_up_proj: nn.Module | None = None  # gate and up in one matmul (cpu_packing.py)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernels=None) -> torch.Tensor:
         if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+            return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x), kernels))
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -80,8 +81,10 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        kernels = ctx.kernels
+        attn = self.self_attn(ops.rms_norm(x, self.input_layernorm, kernels), ctx)
+        x, h = ops.add_rms_norm(attn, x, self.post_attention_layernorm, kernels)
+        return x + self.mlp(h, kernels)
 
 
 class LlamaModel(nn.Module):

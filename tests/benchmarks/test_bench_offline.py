@@ -52,6 +52,7 @@ def test_latency_with_breakdown_and_matmul(tiny_llama_dir, tmp_path):
     rows = payload["results"]
     points = {(r["batch_size"], r["context_len"], r["label"]) for r in rows}
     assert points == {(b, c, s) for b in (1, 3) for c in (8, 20) for s in ("1x", "2x")}
+    assert payload["complete"] is True  # partial files (written after each point) say False
     for row in rows:
         assert 0 < row["step_ms_p50"] <= row["step_ms_p90"]
         assert row["tokens_per_s"] == pytest.approx(row["batch_size"] / row["step_ms_mean"] * 1e3)
@@ -81,11 +82,38 @@ def test_latency_with_breakdown_and_matmul(tiny_llama_dir, tmp_path):
     assert matmul["decode_fraction_of_matmul"] > 0
 
 
+def test_latency_keeps_the_points_measured_before_a_failure(tiny_llama_dir, tmp_path, monkeypatch):
+    """The JSON is rewritten after every point, so a run cut short still leaves its data."""
+    from skipdecode.benchmarks import latency
+
+    calls = []
+    measure = latency.measure_decode
+
+    def measure_then_fail(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:  # warm-up, first point, then stop at the second
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(latency, "measure_decode", measure_then_fail)
+    out = tmp_path / "latency.json"
+    with pytest.raises(KeyboardInterrupt):
+        main(
+            ["bench", "latency", "--model", str(tiny_llama_dir), "--dtype", "float32",
+             "--batch-size", "2", "--context-len", "8,20", "--num-steps", "2",
+             "--output-json", str(out)]
+        )  # fmt: skip
+    payload = json.loads(out.read_text())
+    assert payload["complete"] is False
+    assert [(r["context_len"], r["label"]) for r in payload["results"]] == [(8, "1x")]
+
+
 def test_profiling_leaves_no_labels_behind(tiny_llama_dir):
     from argparse import Namespace
 
     from skipdecode.benchmarks.engine_args import build_engine
     from skipdecode.benchmarks.step_profile import labelled
+    from skipdecode.model_runner import ops
     from skipdecode.model_runner import runner as runner_module
 
     args = Namespace(
@@ -94,9 +122,12 @@ def test_profiling_leaves_no_labels_behind(tiny_llama_dir):
     )  # fmt: skip
     engine = build_engine(args)
     original_context, original_sampler = runner_module.build_step_context, engine.runner.sampler
+    original_norms = ops.rms_norm, ops.add_rms_norm
     with labelled(engine):
         assert engine.runner.model.lm_head._forward_pre_hooks
         assert "schedule" in vars(engine.scheduler)
+        assert ops.rms_norm is not original_norms[0]
+    assert (ops.rms_norm, ops.add_rms_norm) == original_norms
     assert runner_module.build_step_context is original_context
     assert engine.runner.sampler is original_sampler
     assert "schedule" not in vars(engine.scheduler) and "update" not in vars(engine.scheduler)

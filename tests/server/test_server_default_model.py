@@ -7,7 +7,10 @@ import pytest
 from conftest import ServerProcess
 
 pytestmark = pytest.mark.slow
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# "Answer in one sentence." gives the greedy answer a clear margin (>= 1.4 nats at every one of its
+# first tokens, fp32 and bf16). The bare question's first token is a near-tie (0.08 nats in fp32,
+# an exact tie of bf16 logits), so any change of bf16 rounding order could flip its answer.
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
 @pytest.fixture(scope="module")

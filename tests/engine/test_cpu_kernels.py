@@ -1,4 +1,5 @@
-"""The CPU decode-attention kernel equals a slow reference and the PyTorch path it replaces."""
+"""The CPU kernels equal slow references and the PyTorch paths they replace (decode attention here,
+the fused layer ops in test_fused_ops.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from skipdecode import LLM, SamplingParams, SkipConfig
-from skipdecode.model_runner.cpu_attention import ENV_SWITCH, decode_attention_kernel, load_kernel
+from skipdecode.model_runner.cpu_kernels import ENV_SWITCH, cpu_kernels, load_kernels
 
 
 def reference(query, key_cache, value_cache, rows, tables, lengths, block_size, scale):
@@ -48,20 +49,27 @@ def random_case(dtype, num_seqs=5, heads=6, kv_heads=2, head_dim=16, block_size=
 def kernel():
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         pytest.skip("no C++ compiler: the engine uses the PyTorch path (tested everywhere else)")
-    module = load_kernel()
-    assert module is not None, "a machine with a C++ compiler must build the kernel"
+    module = load_kernels()
+    assert module is not None, "a machine with a C++ compiler must build the kernels"
     return module.decode_attention
 
 
-def test_kernel_equals_reference_in_fp32(kernel):
-    case = random_case(torch.float32)
+# (heads, kv_heads, head_dim): any shape (runtime sizes), and shapes the kernel specialises at
+# compile time (SmolLM2's 9/3 x 64, Llama-style 8/2 x 128, no grouping).
+SHAPES = [(6, 2, 16), (9, 3, 64), (8, 2, 128), (4, 4, 64), (7, 1, 64)]
+
+
+@pytest.mark.parametrize("heads, kv_heads, head_dim", SHAPES)
+def test_kernel_equals_reference_in_fp32(kernel, heads, kv_heads, head_dim):
+    case = random_case(torch.float32, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
     got = kernel(*case)
-    assert got.shape == (5, 6 * 16) and got.dtype == torch.float32
+    assert got.shape == (5, heads * head_dim) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), reference(*case), rtol=1e-5, atol=1e-5)
 
 
-def test_kernel_in_bf16_is_within_rounding_of_the_reference(kernel):
-    case = random_case(torch.bfloat16, seed=1)
+@pytest.mark.parametrize("heads, kv_heads, head_dim", SHAPES[:2])
+def test_kernel_in_bf16_is_within_rounding_of_the_reference(kernel, heads, kv_heads, head_dim):
+    case = random_case(torch.bfloat16, heads=heads, kv_heads=kv_heads, head_dim=head_dim, seed=1)
     got = kernel(*case)
     assert got.dtype == torch.bfloat16
     # Inputs are the same bf16 values; the kernel accumulates in fp32 and rounds once at the end.
@@ -81,19 +89,20 @@ def test_kernel_rejects_bad_input_with_a_clear_error(kernel):
 
 
 def test_environment_switch_and_devices(kernel, monkeypatch):
-    assert decode_attention_kernel(torch.device("cpu"), torch.float32) is not None
-    assert decode_attention_kernel(torch.device("cpu"), torch.float16) is None
-    assert decode_attention_kernel(torch.device("meta"), torch.float32) is None
+    assert cpu_kernels(torch.device("cpu"), torch.float32) is not None
+    assert cpu_kernels(torch.device("cpu"), torch.float16) is None
+    assert cpu_kernels(torch.device("meta"), torch.float32) is None
     monkeypatch.setenv(ENV_SWITCH, "0")
-    assert decode_attention_kernel(torch.device("cpu"), torch.float32) is None
+    assert cpu_kernels(torch.device("cpu"), torch.float32) is None
 
 
 @pytest.mark.parametrize("speedup", [1.0, 2.5])
-def test_engine_logprobs_are_the_same_with_and_without_the_kernel(
+def test_engine_logprobs_are_the_same_with_and_without_the_kernels(
     kernel, tiny_llama_dir, monkeypatch, speedup
 ):
-    """Same greedy tokens and (fp32) logprobs from the kernel and the gather + matmul path,
-    with skipping (decode groups at every depth) and prompts that prefill in several chunks."""
+    """Same greedy tokens and (fp32) logprobs from the kernels (decode attention, fused norms,
+    RoPE + KV store) and the PyTorch ops, with skipping (decode groups at every depth) and
+    prompts that prefill in several chunks."""
     prompts = [[5, 9, 2, 7, 1] * k for k in (1, 3, 7)]
     params = SamplingParams(max_tokens=12, temperature=0.0, logprobs=2, ignore_eos=True)
     skip = SkipConfig.for_speedup(speedup, decay_tokens=8, warmup_layers=1)
@@ -101,7 +110,7 @@ def test_engine_logprobs_are_the_same_with_and_without_the_kernel(
     def run(enabled: str):
         monkeypatch.setenv(ENV_SWITCH, enabled)
         llm = LLM(tiny_llama_dir, dtype="float32", max_num_batched_tokens=16, skip=skip)
-        assert (llm.engine.runner.decode_kernel is None) == (enabled == "0")
+        assert (llm.engine.runner.kernels is None) == (enabled == "0")
         return llm.generate(prompts, params)
 
     with_kernel, without = run("1"), run("0")
