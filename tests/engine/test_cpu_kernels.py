@@ -3,14 +3,11 @@ the fused layer ops in test_fused_ops.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 import torch
 
 from skipdecode import LLM, SamplingParams, SkipConfig
-from skipdecode.model_runner.cpu_kernels import ENV_SWITCH, cpu_kernels, load_kernels
+from skipdecode.model_runner.cpu_kernels import ENV_SWITCH, cpu_kernels
 
 
 def reference(query, key_cache, value_cache, rows, tables, lengths, block_size, scale):
@@ -46,12 +43,8 @@ def random_case(dtype, num_seqs=5, heads=6, kv_heads=2, head_dim=16, block_size=
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        pytest.skip("no C++ compiler: the engine uses the PyTorch path (tested everywhere else)")
-    module = load_kernels()
-    assert module is not None, "a machine with a C++ compiler must build the kernels"
-    return module.decode_attention
+def kernel(kernels):
+    return kernels.decode_attention
 
 
 # (heads, kv_heads, head_dim): any shape (runtime sizes), and shapes the kernel specialises at

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -12,20 +10,10 @@ import torch.nn.functional as F
 
 from skipdecode.model_runner import ops
 from skipdecode.model_runner.attention import store_kv
-from skipdecode.model_runner.cpu_kernels import load_kernels
 from skipdecode.model_runner.models.llama import RMSNorm
 from skipdecode.model_runner.models.rotary import RotaryEmbedding
 
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM = 48, 6, 2, 8
-
-
-@pytest.fixture(scope="module")
-def kernels():
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        pytest.skip("no C++ compiler: the engine uses the PyTorch path (tested everywhere else)")
-    module = load_kernels()
-    assert module is not None, "a machine with a C++ compiler must build the kernels"
-    return module
 
 
 def make_norm(dtype) -> RMSNorm:
