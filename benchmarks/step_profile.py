@@ -88,10 +88,13 @@ def labelled(engine) -> Iterator[None]:
         ]
         for owner, attr, label in targets:
             stack.enter_context(_wrapped(owner, attr, PREFIX + label))
+
         # With the CPU kernels, a layer's norms are kernel calls that bypass the norm modules'
         # hooks; without them (kernels=None) the modules are called and their hooks label them.
+        def with_kernels(*args) -> bool:  # the ops' last argument is the kernel module
+            return args[-1] is not None
+
         for attr in ("rms_norm", "add_rms_norm"):
-            with_kernels = lambda *args: args[-1] is not None  # noqa: E731
             stack.enter_context(_wrapped(ops, attr, PREFIX + "norms", when=with_kernels))
         yield
 

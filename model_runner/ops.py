@@ -3,7 +3,7 @@
 ``kernels`` is the compiled module from cpu_kernels.py (the runner passes it through the step's
 context) or None: on GPU, in a dtype the kernels lack, when they could not be built, or when
 ``SKIPDECODE_CPU_KERNELS=0``. The PyTorch branch is the reference the kernels are tested against
-(tests/engine/test_cpu_kernels.py); both round to the activation dtype at the same points.
+(tests/engine/test_fused_ops.py); both round to the activation dtype at the same points.
 """
 
 from __future__ import annotations
@@ -44,19 +44,15 @@ def silu_and_mul(gate_up: torch.Tensor, kernels: ModuleType | None) -> torch.Ten
 
 
 def rotary_store(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    rotary: nn.Module,
-    ctx,
-    kernels: ModuleType,
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rotary: nn.Module, ctx
 ) -> torch.Tensor:
     """RoPE on ``query`` and ``key`` ([n, heads * head_dim] rows), keys and values stored at the
-    layer's write slots, in one kernel call; returns the rotated queries [n, heads, head_dim].
+    layer's write slots, in one call of ``ctx.kernels``; returns the rotated queries
+    [n, heads, head_dim].
 
     Kernels only: without them the caller runs ``rotary`` then ``store_kv`` (attention.py).
     """
-    return kernels.rotary_store(
+    return ctx.kernels.rotary_store(
         query,
         key,
         value,

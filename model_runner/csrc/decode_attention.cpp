@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -93,6 +94,7 @@ void decode_attention_kernel(const at::Tensor& query, const at::Tensor& key_cach
   T* out_data = out.data_ptr<T>();
   const float fscale = static_cast<float>(scale);
   constexpr bool fixed = DIM > 0 && GROUP > 0;
+  std::atomic<bool> empty{false};
 
   // One task per (sequence, kv head).
   at::parallel_for(0, num_seqs * kv_heads, 1, [&](int64_t begin, int64_t end) {
@@ -105,6 +107,10 @@ void decode_attention_kernel(const at::Tensor& query, const at::Tensor& key_cach
     float* row = fixed ? row_fixed : row_heap.data();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / kv_heads, h = task % kv_heads;
+      if (length_data[s] < 1) {  // a decoding token attends at least to itself
+        empty = true;
+        continue;
+      }
       attend_one<T, DIM, GROUP>(q_data + (row_data[s] * heads + h * group) * dim,
                                 k_data + h * num_slots * dim, v_data + h * num_slots * dim,
                                 table_data + s * max_blocks, length_data[s], block_size, fscale,
@@ -112,6 +118,7 @@ void decode_attention_kernel(const at::Tensor& query, const at::Tensor& key_cach
                                 out_data + (s * heads + h * group) * dim);
     }
   });
+  TORCH_CHECK(!empty, "every sequence attends to at least one key");
 }
 
 // Compile-time head_dim and group size for the common shapes; anything else runs generic.
@@ -152,8 +159,6 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& key_cache
               "rows, tables and lengths must be int64");
   TORCH_CHECK(rows.is_contiguous() && tables.is_contiguous() && lengths.is_contiguous(),
               "rows, tables and lengths must be contiguous");
-  TORCH_CHECK(lengths.numel() == 0 || lengths.min().item<int64_t>() >= 1,
-              "every sequence attends to at least one key");
   TORCH_CHECK(tables.dim() == 2 && tables.size(0) == rows.size(0) &&
                   lengths.size(0) == rows.size(0),
               "one table row and one length per sequence");

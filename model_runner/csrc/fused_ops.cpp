@@ -70,20 +70,29 @@ void check_norm(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "x and weight dtypes differ");
 }
 
+// out = norm(x) or, with a defined `residual`, sum = x + residual and out = norm(sum).
+void run_norm(const at::Tensor& x, const at::Tensor& residual, const at::Tensor& weight,
+              double eps, at::Tensor& sum, at::Tensor& out) {
+  const int64_t width = x.size(-1), rows = x.numel() / width;
+  const bool add = residual.defined();
+  if (x.scalar_type() == at::kFloat) {
+    rms_norm_kernel<float>(x.data_ptr<float>(), add ? residual.data_ptr<float>() : nullptr,
+                           weight.data_ptr<float>(), add ? sum.data_ptr<float>() : nullptr,
+                           out.data_ptr<float>(), rows, width, static_cast<float>(eps));
+  } else {
+    using BF = at::BFloat16;
+    rms_norm_kernel<BF>(x.data_ptr<BF>(), add ? residual.data_ptr<BF>() : nullptr,
+                        weight.data_ptr<BF>(), add ? sum.data_ptr<BF>() : nullptr,
+                        out.data_ptr<BF>(), rows, width, static_cast<float>(eps));
+  }
+}
+
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_norm(x, weight);
-  auto out = at::empty_like(x);
-  const int64_t width = x.size(-1), rows = x.numel() / width;
-  if (x.scalar_type() == at::kFloat) {
-    rms_norm_kernel<float>(x.data_ptr<float>(), nullptr, weight.data_ptr<float>(), nullptr,
-                           out.data_ptr<float>(), rows, width, static_cast<float>(eps));
-  } else {
-    using BF = at::BFloat16;
-    rms_norm_kernel<BF>(x.data_ptr<BF>(), nullptr, weight.data_ptr<BF>(), nullptr,
-                        out.data_ptr<BF>(), rows, width, static_cast<float>(eps));
-  }
+  at::Tensor none, out = at::empty_like(x);
+  run_norm(x, none, weight, eps, none, out);
   return out;
 }
 
@@ -94,17 +103,7 @@ std::vector<at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& resi
               "residual must be contiguous with x's shape");
   TORCH_CHECK(residual.scalar_type() == x.scalar_type(), "x and residual dtypes differ");
   auto sum = at::empty_like(x), out = at::empty_like(x);
-  const int64_t width = x.size(-1), rows = x.numel() / width;
-  if (x.scalar_type() == at::kFloat) {
-    rms_norm_kernel<float>(x.data_ptr<float>(), residual.data_ptr<float>(),
-                           weight.data_ptr<float>(), sum.data_ptr<float>(),
-                           out.data_ptr<float>(), rows, width, static_cast<float>(eps));
-  } else {
-    using BF = at::BFloat16;
-    rms_norm_kernel<BF>(x.data_ptr<BF>(), residual.data_ptr<BF>(), weight.data_ptr<BF>(),
-                        sum.data_ptr<BF>(), out.data_ptr<BF>(), rows, width,
-                        static_cast<float>(eps));
-  }
+  run_norm(x, residual, weight, eps, sum, out);
   return {sum, out};
 }
 

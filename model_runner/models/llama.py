@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,7 +50,7 @@ class LlamaAttention(nn.Module):
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if ctx.kernels is not None:  # RoPE and the KV store in one pass
-            q = ops.rotary_store(q, k, v, self.rotary, ctx, ctx.kernels)
+            q = ops.rotary_store(q, k, v, self.rotary, ctx)
             return self.o_proj(attend(q, ctx, scale))
         q = q.reshape(n, self.num_heads, self.head_dim)
         k = k.reshape(n, self.num_kv_heads, self.head_dim)
@@ -66,7 +68,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
         self.gate_up_proj: nn.Module | None = None  # gate and up in one matmul (cpu_packing.py)
 
-    def forward(self, x: torch.Tensor, kernels=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernels: ModuleType | None = None) -> torch.Tensor:
         if self.gate_up_proj is not None:
             return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x), kernels))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

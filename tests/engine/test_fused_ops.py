@@ -70,7 +70,7 @@ def test_silu_and_mul_matches_pytorch(kernels, dtype):
     assert torch.equal(ops.silu_and_mul(gate_up, None), F.silu(gate) * up)
 
 
-def rotary_case(dtype, rows=5, num_slots=40, seed=5):
+def rotary_case(kernels, dtype, rows=5, num_slots=40, seed=5):
     config = SimpleNamespace(
         hidden_size=HEADS * HEAD_DIM,
         num_attention_heads=HEADS,
@@ -87,20 +87,21 @@ def rotary_case(dtype, rows=5, num_slots=40, seed=5):
         write_slots=torch.tensor([4, 9, 31, 0, 22][:rows]),
         key_cache=torch.full(cache_shape, 7.0, dtype=dtype),
         value_cache=torch.full(cache_shape, 7.0, dtype=dtype),
+        kernels=kernels,
     )
     return q, k, v, rotary, ctx
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rotary_store_matches_rotary_then_index_copy(kernels, dtype):
-    q, k, v, rotary, ctx = rotary_case(dtype)
+    q, k, v, rotary, ctx = rotary_case(kernels, dtype)
     want_ctx = SimpleNamespace(**vars(ctx))
     want_ctx.key_cache, want_ctx.value_cache = ctx.key_cache.clone(), ctx.value_cache.clone()
     shape = lambda t, h: t.reshape(len(t), h, HEAD_DIM)  # noqa: E731
     want_q, want_k = rotary(ctx.plan.positions, shape(q, HEADS), shape(k, KV_HEADS))
     store_kv(want_k, shape(v, KV_HEADS), want_ctx)
 
-    got_q = ops.rotary_store(q, k, v, rotary, ctx, kernels)
+    got_q = ops.rotary_store(q, k, v, rotary, ctx)
     assert got_q.shape == (5, HEADS, HEAD_DIM) and got_q.is_contiguous()
     # Each output element is the same two rounded products and one rounded sum in both paths.
     torch.testing.assert_close(got_q, want_q, rtol=1e-6, atol=1e-6)
@@ -112,14 +113,14 @@ def test_rotary_store_matches_rotary_then_index_copy(kernels, dtype):
 
 
 def test_rotary_store_rejects_out_of_range_positions_and_slots(kernels):
-    q, k, v, rotary, ctx = rotary_case(torch.float32)
+    q, k, v, rotary, ctx = rotary_case(kernels, torch.float32)
     ctx.plan.positions = torch.tensor([0, 3, 17, 64, 8])  # the table has 64 positions
     with pytest.raises(RuntimeError, match="out of range"):
-        ops.rotary_store(q, k, v, rotary, ctx, kernels)
-    q, k, v, rotary, ctx = rotary_case(torch.float32)
+        ops.rotary_store(q, k, v, rotary, ctx)
+    q, k, v, rotary, ctx = rotary_case(kernels, torch.float32)
     ctx.write_slots = torch.tensor([4, 9, -1, 0, 22])
     with pytest.raises(RuntimeError, match="out of range"):
-        ops.rotary_store(q, k, v, rotary, ctx, kernels)
+        ops.rotary_store(q, k, v, rotary, ctx)
 
 
 def test_fused_ops_reject_bad_input_with_a_clear_error(kernels):
@@ -134,6 +135,6 @@ def test_fused_ops_reject_bad_input_with_a_clear_error(kernels):
         kernels.silu_and_mul(torch.ones(2, 5))
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
         kernels.silu_and_mul(torch.ones(2, 4, dtype=torch.float64))
-    q, k, v, rotary, ctx = rotary_case(torch.float32)
+    q, k, v, rotary, ctx = rotary_case(kernels, torch.float32)
     with pytest.raises(RuntimeError, match="one dtype"):
-        ops.rotary_store(q, k.bfloat16(), v, rotary, ctx, kernels)
+        ops.rotary_store(q, k.bfloat16(), v, rotary, ctx)
