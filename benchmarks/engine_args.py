@@ -26,6 +26,9 @@ def add_engine_args(parser: argparse.ArgumentParser, max_num_seqs: int = 64) -> 
         "--kv-cache-memory", type=float, default=1.0, help="KV pool size in GiB (CPU)"
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
+    from skipdecode.cli_args import add_adapter_args  # here: keeps the module import light
+
+    add_adapter_args(group)
 
 
 def add_speedups_arg(parser: argparse.ArgumentParser, default: str = "1,2,3") -> None:
@@ -42,7 +45,12 @@ def model_config(args: argparse.Namespace):
     """The ModelConfig the flags describe."""
     from skipdecode.config import ModelConfig
 
-    return ModelConfig(model=args.model, dtype=args.dtype, device=args.device)
+    return ModelConfig(
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        adapter=getattr(args, "adapter", "auto"),  # Namespaces built by hand lack it
+    )
 
 
 def build_engine(

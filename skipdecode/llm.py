@@ -1,22 +1,28 @@
-"""The offline API: ``LLM().generate(prompts, params, skip=...)``."""
+"""The offline API: ``LLM().generate(prompts, params, skip=...)`` and ``LLM().chat(messages)``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from skipdecode.chat import chat_prompt_ids, check_conversation, render_chat
 from skipdecode.config import CacheConfig, EngineConfig, ModelConfig
 from skipdecode.engine import Engine
+from skipdecode.loading import load_model
 from skipdecode.outputs import RequestOutput
 from skipdecode.scheduler import SamplingParams, SchedulerConfig, SkipConfig
 
 Prompt = str | list[int]
+Message = dict[str, str]
 
 
 class LLM:
     """Generate for a list of prompts with continuous batching and SkipDecode.
 
-    ``LLM()`` loads the default SmolLM2-135M-Instruct (CPU, bf16). Keyword arguments map onto
-    the engine configs; ``skip`` is the default schedule for prompts that bring none.
+    ``LLM()`` loads the default SmolLM2-135M-Instruct (CPU, bf16) with the skip-aware adapter
+    shipped for it, when the package holds one (``adapter_path`` says which was merged;
+    ``adapter=None`` loads the plain model). Keyword arguments map onto the engine configs;
+    ``skip`` is the default schedule for prompts that bring none (else the adapter's or the
+    checkpoint's skip_schedule.json, see ``default_skip``).
     """
 
     def __init__(
@@ -33,6 +39,7 @@ class LLM:
         kv_cache_memory_gib: float = 1.0,
         num_kv_blocks: int | None = None,
         load_format: str = "auto",
+        adapter: str | None = "auto",
     ) -> None:
         model_config = ModelConfig(
             model=model,
@@ -40,6 +47,7 @@ class LLM:
             device=device,
             max_model_len=max_model_len,
             load_format=load_format,
+            adapter=adapter,
         )
         engine_config = EngineConfig(
             model=model_config,
@@ -53,11 +61,25 @@ class LLM:
             ),
             skip=skip,
         )
-        self.engine = Engine(engine_config)
+        # Loaded here rather than by the Engine so the adapter actually merged can be reported.
+        loaded = load_model(model_config)
+        self._adapter_path = loaded.adapter_path
+        self.engine = Engine(engine_config, loaded)
 
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    @property
+    def adapter_path(self) -> str | None:
+        """The LoRA adapter directory merged into the weights, or None for the plain model."""
+        return self._adapter_path
+
+    @property
+    def default_skip(self) -> SkipConfig | None:
+        """The skip setting of prompts that bring none: ``LLM(skip=...)``, else the default of
+        the adapter's or checkpoint's skip_schedule.json; None is full depth."""
+        return self.engine.default_skip
 
     def generate(
         self,
@@ -87,6 +109,47 @@ class LLM:
                 if output.finished:
                     finals[output.request_id] = output
         return [finals[request_id] for request_id in request_ids]
+
+    def chat(
+        self,
+        messages: list[Message] | list[list[Message]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        skip: SkipConfig | Sequence[SkipConfig | None] | None = None,
+        *,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+    ) -> list[RequestOutput]:
+        """Generate replies to one conversation (a list of {"role", "content"} dicts) or to a
+        list of conversations; outputs come back in conversation order.
+
+        Each conversation goes through the tokenizer's chat template (or ``chat_template``) as
+        in the server's /v1/chat/completions. ``sampling_params`` and ``skip`` as in
+        ``generate``. Malformed messages raise ValueError naming the field
+        (``messages[0][1].content``).
+        """
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: chat needs its chat template")
+        conversations = _conversations(messages)
+        prompts = [
+            chat_prompt_ids(
+                self.tokenizer,
+                render_chat(self.tokenizer, conversation, add_generation_prompt, chat_template),
+            )
+            for conversation in conversations
+        ]
+        return self.generate(prompts, sampling_params, skip)
+
+
+def _conversations(messages: object) -> list[list[Message]]:
+    """One conversation or a list of them, as a list of checked conversations."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages: expected a non-empty list of messages or of conversations")
+    if all(isinstance(item, (list, tuple)) for item in messages):
+        return [
+            check_conversation(conversation, f"messages[{i}]")
+            for i, conversation in enumerate(messages)
+        ]
+    return [check_conversation(messages, "messages")]
 
 
 def _per_prompt(value, count: int, name: str) -> list:

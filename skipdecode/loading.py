@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from torch import nn
 
 from skipdecode.checkpoint_schedule import read_skip_schedule
 from skipdecode.config import ModelConfig
+from skipdecode.model_runner.adapter import Adapter, load_adapter, shipped_adapter_path
 from skipdecode.model_runner.loader import build_model
 from skipdecode.model_runner.models import kv_head_shape
 from skipdecode.model_runner.weights import load_hf_config, load_tokenizer, resolve_model_path
@@ -27,17 +29,41 @@ class LoadedModel:
     max_model_len: int
     kv_shape: tuple[int, int]  # (num_kv_heads, head_dim)
     eos_token_ids: frozenset[int]
-    default_skip: SkipConfig | None = None  # the checkpoint's skip_schedule.json default, if any
+    default_skip: SkipConfig | None = None  # skip_schedule.json's default, if any
+    adapter_path: str | None = None  # the LoRA adapter merged into the weights, if any
+
+
+def resolve_adapter(config: ModelConfig) -> str | None:
+    """The adapter directory ``config.adapter`` names, or None for the plain model.
+
+    ``"auto"`` picks the adapter shipped for the default model, only when the default model is
+    loaded with real weights: an adapter trained for SmolLM2 means nothing to another model.
+    """
+    if config.adapter in (None, "none"):
+        return None
+    if config.adapter == "auto":
+        if config.model is not None or config.load_format == "dummy":
+            return None
+        return shipped_adapter_path()
+    return config.adapter
 
 
 def load_model(config: ModelConfig) -> LoadedModel:
-    """Resolve the path, then load config, tokenizer and weights onto the configured device."""
+    """Resolve the path, then load config, tokenizer, adapter and weights onto the device."""
     path = resolve_model_path(config.model)
     hf_config = load_hf_config(path)
     tokenizer = None if config.skip_tokenizer_init else _try_tokenizer(path)
-    default_skip = read_skip_schedule(path, hf_config.num_hidden_layers)  # fails before weights
+    adapter_path = resolve_adapter(config)
+    adapter = None if adapter_path is None else _load_adapter(adapter_path, path)
+    # The adapter's schedule wins: it records what the merged weights were trained for. Both
+    # are read (and checked against the model) before the weights, so a bad file fails fast.
+    default_skip = read_skip_schedule(path, hf_config.num_hidden_layers)
+    if adapter_path is not None:
+        default_skip = read_skip_schedule(adapter_path, hf_config.num_hidden_layers) or default_skip
     weights_path = None if config.load_format == "dummy" else path
-    model = build_model(hf_config, weights_path, config.torch_dtype, config.torch_device)
+    model = build_model(
+        hf_config, weights_path, config.torch_dtype, config.torch_device, adapter=adapter
+    )
     return LoadedModel(
         model=model,
         hf_config=hf_config,
@@ -46,7 +72,25 @@ def load_model(config: ModelConfig) -> LoadedModel:
         kv_shape=kv_head_shape(hf_config),
         eos_token_ids=eos_token_ids(hf_config, tokenizer),
         default_skip=default_skip,
+        adapter_path=adapter_path,
     )
+
+
+def _load_adapter(adapter_path: str, model_path: str) -> Adapter:
+    adapter = load_adapter(adapter_path)
+    trained_for = adapter.base_model
+    if trained_for and trained_for != os.path.basename(os.path.normpath(model_path)):
+        # Not an error: the same weights may live under another name (an HF export, a copy).
+        logger.warning(
+            "adapter %s was trained for %s, merging it into %s",
+            adapter_path,
+            trained_for,
+            model_path,
+        )
+    logger.info(
+        "merging LoRA adapter %s (rank %d, alpha %g)", adapter_path, adapter.rank, adapter.alpha
+    )
+    return adapter
 
 
 def eos_token_ids(hf_config, tokenizer) -> frozenset[int]:

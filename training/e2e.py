@@ -18,8 +18,9 @@ from pathlib import Path
 
 from skipdecode.training.batch import Example
 
-SHARED_E2E_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "e2e"
-DEFAULT_E2E_CSV = str(SHARED_E2E_DIR / "devset.csv")
+# The official E2E development set, shipped as package data (e2e_data/README.md: source, licence).
+E2E_DATA_DIR = Path(__file__).resolve().parent / "e2e_data"
+DEFAULT_E2E_CSV = str(E2E_DATA_DIR / "devset.csv")
 DEFAULT_VAL_PERCENT = 15
 DEFAULT_DECAY_TOKENS = 24  # references average ~28 tokens (+EOS): presets land near target
 SYSTEM_PROMPT = "Describe the restaurant in one sentence."  # short: prompts are most tokens

@@ -30,10 +30,12 @@ DEFAULT_SPEEDUPS = (1.0, 2.0, 3.0, 4.0, 5.0)
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model to evaluate: a label for the table and a path (None: the default model)."""
+    """One model to evaluate: a label for the table, a path (None: the default model) and an
+    adapter merged at load ("none": the plain model)."""
 
     label: str
     path: str | None
+    adapter: str | None = "none"
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ def preset_params(spec: ModelSpec, cfg: EvalConfig) -> tuple[int, int, dict | No
         return cfg.decay_tokens, cfg.warmup_layers, None
     record = load_schedule_record(file)
     data = record.get("data") or {}
+    if data.get("kind") == "chat":  # trained on chat data: E2E is out of domain, no overlap
+        return cfg.decay_tokens, cfg.warmup_layers, record
     if cfg.split != "all" and data.get("val_percent", cfg.val_percent) != cfg.val_percent:
         raise ValueError(
             f"{spec.label}: trained with val_percent={data['val_percent']}, evaluating with"
@@ -114,7 +118,13 @@ def evaluate_model(
     from skipdecode.llm import LLM
 
     decay_tokens, warmup_layers, record = preset_params(spec, cfg)
-    llm = LLM(spec.path, dtype=cfg.dtype, device=cfg.device, max_num_seqs=max(1, len(mrs)))
+    llm = LLM(
+        spec.path,
+        adapter=spec.adapter,
+        dtype=cfg.dtype,
+        device=cfg.device,
+        max_num_seqs=max(1, len(mrs)),
+    )
     prompts = [e2e.prompt_ids(llm.tokenizer, mr) for mr in mrs]
     params = SamplingParams(temperature=0.0, max_tokens=cfg.max_tokens)
     result: dict[str, Any] = {

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from skipdecode.config import cpu_has_fast_bf16
 from skipdecode.scheduler import DepthSchedule
 from skipdecode.training import checkpoint
 from skipdecode.training.batch import Example, collate
@@ -63,8 +64,13 @@ class TrainLoop:
         self.device = next(model.parameters()).device
 
     def autocast(self):
-        """bf16 autocast on the model's device, or nothing for fp32."""
-        if self.cfg.dtype == "fp32":
+        """bf16 autocast on the model's device, or nothing for fp32 (and for ``auto`` on a CPU
+        without native bf16, where autocast would make every matmul several times slower)."""
+        dtype = self.cfg.dtype
+        if dtype == "auto":
+            fast = self.device.type != "cpu" or cpu_has_fast_bf16()
+            dtype = "bf16" if fast else "fp32"
+        if dtype == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
+from skipdecode.model_runner.adapter import load_adapter, merge_weights
 from skipdecode.model_runner.weights import (
     iter_weights,
     load_hf_config,
@@ -29,19 +30,28 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_causal_lm(model: str | None, device: torch.device) -> nn.Module:
+def load_causal_lm(
+    model: str | None, device: torch.device, adapter: str | None = None
+) -> nn.Module:
     """fp32 weights of ``model`` (None: the default model). A .gguf file is dequantized.
+    ``adapter`` (a directory, or None/"none") is merged into the weights, as the engine does.
 
     GGUF weights come through the engine's own reader (:func:`iter_weights`, Hugging Face names)
     into a model built from the config: transformers' GGUF loading would mark the model as
     quantized, and such a model refuses ``save_pretrained``.
     """
-    path = resolve_model_path(model)
+    lm = _load_plain(resolve_model_path(model))
+    if adapter not in (None, "none"):
+        merged_weights = merge_weights(lm.state_dict().items(), load_adapter(adapter))
+        lm.load_state_dict(dict(merged_weights))
+    return lm.to(device)
+
+
+def _load_plain(path: str) -> nn.Module:
     if os.path.isdir(path):
-        lm = AutoModelForCausalLM.from_pretrained(
+        return AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32, attn_implementation="sdpa"
         )
-        return lm.to(device)
     config = load_hf_config(path)
     lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     missing, unexpected = lm.load_state_dict(dict(iter_weights(path)), strict=False)
@@ -49,7 +59,7 @@ def load_causal_lm(model: str | None, device: torch.device) -> nn.Module:
     if set(missing) - tied or unexpected:
         raise ValueError(f"{path}: missing tensors {missing}, unexpected tensors {unexpected}")
     lm.tie_weights()
-    return lm.to(device)
+    return lm
 
 
 def load_training_tokenizer(model: str | None):

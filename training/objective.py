@@ -10,7 +10,7 @@ from torch import nn
 
 from skipdecode.scheduler import DepthSchedule
 from skipdecode.training.batch import IGNORE_INDEX, Batch
-from skipdecode.training.skip_forward import first_predicting_row, skip_forward
+from skipdecode.training.skip_forward import target_logits
 
 
 @dataclass(frozen=True)
@@ -34,22 +34,16 @@ def skip_aware_loss(
     The student runs ``schedule`` (skip-aware teacher forcing); the teacher, when given, runs at
     full depth under no_grad. Only rows that predict a target token reach the LM head.
     """
-    from_row = first_predicting_row(batch)
-    logits = skip_forward(model, batch, schedule, from_row)  # [B, T - from_row, V]
-    labels = batch.labels[:, from_row:]
-    is_target = labels != IGNORE_INDEX  # [B, T - from_row]
-    student = logits[is_target].float()  # [N, V] N = target tokens in the batch
-    ce = F.cross_entropy(student, labels[is_target])
+    is_target = batch.labels != IGNORE_INDEX  # [B, T]
+    student = target_logits(model, batch, schedule, is_target).float()  # [N, V] N target tokens
+    ce = F.cross_entropy(student, batch.labels[is_target])
     kl = torch.zeros((), device=ce.device)
     if teacher is not None and kl_weight > 0:
         with torch.no_grad():
-            teacher_logits = teacher(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                logits_to_keep=batch.input_ids.shape[1] - from_row,
-                use_cache=False,
-            ).logits
-            teacher_logp = F.log_softmax(teacher_logits[is_target].float(), dim=-1)  # [N, V]
+            full = DepthSchedule.full(schedule.num_layers)
+            teacher_logp = F.log_softmax(
+                target_logits(teacher, batch, full, is_target).float(), dim=-1
+            )  # [N, V]
         # batchmean over the [N, V] rows: the per-token KL, averaged over target tokens.
         kl = F.kl_div(
             F.log_softmax(student, dim=-1), teacher_logp, log_target=True, reduction="batchmean"

@@ -1,4 +1,4 @@
-"""Skip-aware fine-tuning on E2E (``skipdecode train``), full or LoRA, CPU or CUDA.
+"""Skip-aware fine-tuning (``skipdecode train``) on E2E or chat data, full or LoRA, CPU or CUDA.
 
 Each batch samples one schedule from the configured speedups (mixed-speedup training) and runs
 the skip-aware teacher-forcing forward (:mod:`skip_forward`); :mod:`loop` runs the steps and
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import Any
 
 import torch
 
+from skipdecode import datasets
 from skipdecode.checkpoint_schedule import skip_to_dict
+from skipdecode.model_runner.weights import resolve_model_path
 from skipdecode.scheduler import SkipConfig
-from skipdecode.training import checkpoint, e2e
-from skipdecode.training.batch import Example
+from skipdecode.training import chat, checkpoint, e2e
+from skipdecode.training.data import DEFAULT_KL_WEIGHT, OBJECTIVES, load_training_data
 from skipdecode.training.loop import TrainLoop
 from skipdecode.training.modeling import (
     apply_lora,
@@ -38,9 +41,14 @@ class TrainConfig:
 
     out_dir: str
     model: str | None = None  # HF dir or .gguf; None: the default SmolLM2-135M-Instruct
-    data: str = e2e.DEFAULT_E2E_CSV
-    val_percent: int = e2e.DEFAULT_VAL_PERCENT
-    max_rows: int | None = None  # use only the first rows of the CSV (smoke runs)
+    data: str = e2e.DEFAULT_E2E_CSV  # E2E CSV, or chat data: "sharegpt", .jsonl, .json
+    val_percent: int | None = None  # None: 15 for E2E, 2 for chat data
+    test_percent: int = datasets.DEFAULT_TEST_PERCENT  # chat data only
+    max_rows: int | None = None  # use only the first rows / training prompts
+    objective: str = "ce"  # ce | kl | distill (see training/data.py)
+    max_prompt_tokens: int = chat.DEFAULT_MAX_PROMPT_TOKENS  # chat data only
+    max_answer_tokens: int = chat.DEFAULT_MAX_ANSWER_TOKENS  # chat data only
+    teacher_cache: str | None = None  # distill: where teacher answers are cached (OUT/teacher)
     method: str = "full"  # "full" or "lora"
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -48,7 +56,7 @@ class TrainConfig:
     decay_tokens: int = e2e.DEFAULT_DECAY_TOKENS
     warmup_layers: int = 1
     default_speedup: float | None = None  # served by default; None: the largest of `speedups`
-    kl_weight: float = 0.0
+    kl_weight: float | None = None  # None: 1 for the kl and distill objectives, else 0
     teacher: str | None = None  # None with kl_weight > 0: the initial model
     epochs: float = 1.0
     max_steps: int | None = None
@@ -56,16 +64,25 @@ class TrainConfig:
     lr: float | None = None  # None: DEFAULT_LR[method]
     lr_warmup_steps: int = 10
     max_grad_norm: float = 1.0
-    dtype: str = "bf16"  # autocast dtype: bf16 or fp32 (no autocast)
+    dtype: str = "auto"  # bf16 autocast, fp32 (none), or auto: bf16 unless the CPU lacks it
     device: str = "auto"
     seed: int = 0
     save_every: int = 50
     resume: bool = False
 
     def __post_init__(self) -> None:
+        if self.val_percent is None:  # defaults filled once, at construction
+            chat_data = datasets.is_chat_data(self.data)
+            default = datasets.DEFAULT_VAL_PERCENT if chat_data else e2e.DEFAULT_VAL_PERCENT
+            object.__setattr__(self, "val_percent", default)
+        if self.kl_weight is None and self.objective in OBJECTIVES:
+            object.__setattr__(self, "kl_weight", DEFAULT_KL_WEIGHT[self.objective])
         checks = {
+            f"objective must be one of {', '.join(OBJECTIVES)}": self.objective in OBJECTIVES,
+            "max_prompt_tokens and max_answer_tokens must be >= 1": self.max_prompt_tokens >= 1
+            and self.max_answer_tokens >= 1,
             "method must be full or lora": self.method in ("full", "lora"),
-            "dtype must be bf16 or fp32": self.dtype in ("bf16", "fp32"),
+            "dtype must be auto, bf16 or fp32": self.dtype in ("auto", "bf16", "fp32"),
             "speedups must be a non-empty list of numbers >= 1": bool(self.speedups)
             and all(s >= 1 for s in self.speedups),
             "epochs must be > 0": self.epochs > 0,
@@ -86,7 +103,7 @@ class TrainConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """Settings a resumed run must share with the saved one."""
-        ignored = {"out_dir", "device", "save_every", "resume"}
+        ignored = {"out_dir", "device", "save_every", "resume", "teacher_cache"}
         fields = {k: v for k, v in asdict(self).items() if k not in ignored}
         fields["speedups"] = list(self.speedups)
         return fields
@@ -118,8 +135,9 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     random.seed(cfg.seed)
     device = pick_device(cfg.device)
     tokenizer = load_training_tokenizer(cfg.model)
-    examples = _training_examples(cfg, tokenizer)
     model = load_causal_lm(cfg.model, device)
+    data = load_training_data(cfg, tokenizer, model.config.max_position_embeddings)
+    examples = data.examples
     skips = preset_skips(cfg)
     schedules = [s.resolve(model.config.num_hidden_layers) for s in skips]  # fail early
     teacher = load_teacher(cfg.teacher or cfg.model, device) if cfg.kl_weight > 0 else None
@@ -139,7 +157,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     start_step, progress = resumed or (0, {"seconds": 0.0, "tokens": 0, "target_tokens": 0})
     loop = TrainLoop(cfg, model, teacher, optimizer, lr_schedule, examples, schedules, tokenizer)
     last_loss = loop.run(start_step, total_steps, progress, fingerprint, show_progress)
-    _save_checkpoint(cfg, model, tokenizer, skips, schedules)
+    _save_checkpoint(cfg, model, tokenizer, skips, schedules, data)
     summary = {
         "steps": total_steps,
         "epochs": total_steps / steps_per_epoch,
@@ -170,14 +188,7 @@ def _already_finished(cfg: TrainConfig) -> bool:
     return False
 
 
-def _training_examples(cfg: TrainConfig, tokenizer) -> list[Example]:
-    rows, _ = e2e.split_by_mr(e2e.read_e2e_csv(cfg.data, cfg.max_rows), cfg.val_percent)
-    if not rows:
-        raise ValueError(f"{cfg.data}: no training rows after the split")
-    return e2e.encode_rows(tokenizer, rows)
-
-
-def _save_checkpoint(cfg: TrainConfig, model, tokenizer, skips, schedules) -> None:
+def _save_checkpoint(cfg: TrainConfig, model, tokenizer, skips, schedules, data) -> None:
     """The servable directory, with the schedules, data split and prompt format recorded."""
     default = cfg.default_speedup or max(cfg.speedups)
     extra = {
@@ -186,8 +197,13 @@ def _save_checkpoint(cfg: TrainConfig, model, tokenizer, skips, schedules) -> No
             for k, s in zip(skips, schedules)
         ],
         "default_speedup": default,
-        "data": e2e.data_record(cfg.data, cfg.val_percent),
-        "prompt_format": {"description": e2e.PROMPT_FORMAT, "system_prompt": e2e.SYSTEM_PROMPT},
+        "data": data.record,
+        "prompt_format": data.prompt_format,
+        "objective": {"name": cfg.objective, "kl_weight": cfg.kl_weight},
     }
     default_skip = skips[cfg.speedups.index(default)]
-    checkpoint.save_final(cfg.out_dir, model, tokenizer, default_skip, skips, extra)
+    base_model = os.path.basename(resolve_model_path(cfg.model))
+    trained_with = {"trained_with": cfg.fingerprint()}
+    checkpoint.save_final(
+        cfg.out_dir, model, tokenizer, default_skip, skips, extra, base_model, trained_with
+    )

@@ -8,6 +8,7 @@ from torch import nn
 
 import skipdecode.model_runner.loader as loader
 from skipdecode import LLM, SamplingParams
+from skipdecode.config import ModelConfig, cpu_has_fast_bf16
 from skipdecode.model_runner.cpu_packing import (
     PackedLinear,
     can_pack,
@@ -18,8 +19,14 @@ from skipdecode.model_runner.cpu_packing import (
 pytestmark = pytest.mark.skipif(
     not hasattr(torch.ops.mkldnn, "_linear_pointwise"), reason="torch built without oneDNN"
 )
+# oneDNN refuses to reorder bf16 weights on CPUs without its bf16 path (AVX2 only): the engine
+# does not pack there (see test_no_packing_without_the_bf16_path), so these cannot run.
+needs_bf16_path = pytest.mark.skipif(
+    not cpu_has_fast_bf16(), reason="this CPU has no oneDNN bf16 path; packing is off here"
+)
 
 
+@needs_bf16_path
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("rows", [1, 7, 64])
 def test_packed_linear_equals_linear_in_bf16(bias, rows):
@@ -30,6 +37,7 @@ def test_packed_linear_equals_linear_in_bf16(bias, rows):
     assert packed.weight is linear.weight
 
 
+@needs_bf16_path
 def test_pack_linears_swaps_every_linear_and_keeps_ties():
     model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10, bias=False)).to(torch.bfloat16)
     model[1].weight = model[0].weight
@@ -39,6 +47,7 @@ def test_pack_linears_swaps_every_linear_and_keeps_ties():
     assert not can_pack(nn.Linear(4, 4))  # fp32 stays on the plain path
 
 
+@needs_bf16_path
 def test_packed_engine_generates_the_same_tokens(tiny_llama_dir, monkeypatch):
     prompts = [[1, 2, 3, 4], [500, 600], list(range(40))]
     params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
@@ -54,6 +63,24 @@ def test_packed_engine_generates_the_same_tokens(tiny_llama_dir, monkeypatch):
     assert [o.token_ids for o in packed.generate(prompts, params)] == [
         o.token_ids for o in plain.generate(prompts, params)
     ]
+
+
+def test_no_packing_without_the_bf16_path(tiny_llama_dir, monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    model = nn.Sequential(nn.Linear(8, 10, bias=False)).to(torch.bfloat16)
+    assert not can_pack(model)
+    llm = LLM(str(tiny_llama_dir), dtype="bfloat16", num_kv_blocks=256)  # bf16 still works
+    assert type(llm.engine.runner.model.lm_head) is nn.Linear
+    out = llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+    assert len(out[0].token_ids) == 4
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_auto_dtype_is_fp32_on_a_cpu_without_native_bf16(monkeypatch, native_bf16):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
+    expected = torch.bfloat16 if native_bf16 else torch.float32
+    assert ModelConfig(device="cpu").torch_dtype == expected
+    assert ModelConfig(device="cpu", dtype="bfloat16").torch_dtype == torch.bfloat16  # explicit
 
 
 class Projections(nn.Module):

