@@ -8,7 +8,8 @@ import time
 
 from skipdecode import cli_args
 from skipdecode.benchmarks.cli import add_bench_parser
-from skipdecode.training.cli import add_eval_parser, add_train_parser
+from skipdecode.training.cli import add_train_parser
+from skipdecode.training.cli_eval import add_eval_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

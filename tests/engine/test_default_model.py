@@ -32,7 +32,8 @@ def hf_model():
 
 @pytest.fixture(scope="module")
 def llm():
-    return LLM(dtype="float32", num_kv_blocks=2048)
+    # The plain GGUF (no skip-aware adapter): what transformers' own GGUF loading gives.
+    return LLM(dtype="float32", num_kv_blocks=2048, adapter=None)
 
 
 def test_greedy_equals_transformers_generate(hf_model, llm):
