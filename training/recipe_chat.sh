@@ -51,19 +51,8 @@ if [[ -n "${MAX_TOKENS:-}" ]]; then E2E_ARGS+=(--max-tokens "$MAX_TOKENS"); fi
 if [[ "$BASE" != default ]]; then TRAIN_ARGS+=(--model "$BASE"); fi
 
 mkdir -p "$OUT"
-say() { echo "[recipe $(date +%H:%M:%S)] $*" | tee -a "$OUT/recipe.log"; }
-run_stage() {  # run_stage NAME DONE_FILE COMMAND...
-  local name=$1 done_file=$2
-  shift 2
-  if [[ -f "$done_file" ]]; then
-    say "$name: finished earlier ($done_file), skipping"
-    return
-  fi
-  say "$name: starting"
-  local began=$SECONDS
-  "$@"
-  say "$name: done in $(((SECONDS - began) / 60)) min $(((SECONDS - began) % 60)) s"
-}
+# shellcheck source=training/recipe_lib.sh
+source "$ROOT/training/recipe_lib.sh"
 
 run_stage "skip-aware ${OBJECTIVE} (LoRA r=${RANK}), ${SPEEDUPS_TRAIN}x" "$OUT/skip/train_summary.json" \
   "$SKIPDECODE" train --data "$DATA" --objective "$OBJECTIVE" --kl-weight "$KL_WEIGHT" \

@@ -46,22 +46,10 @@ if [[ -z "${BASE:-}" ]]; then
 fi
 
 mkdir -p "$OUT"
-say() { echo "[recipe $(date +%H:%M:%S)] $*" | tee -a "$OUT/recipe.log"; }
+# shellcheck source=training/recipe_lib.sh
+source "$ROOT/training/recipe_lib.sh"
 SCHEDULE_ARGS=(--decay-tokens "$DECAY_TOKENS" --warmup-layers "$WARMUP_LAYERS")
 COMMON=(--batch-size "$BATCH" --device "$DEVICE" --save-every "$SAVE_EVERY" --resume)
-
-run_stage() {  # run_stage NAME DONE_FILE COMMAND...
-  local name=$1 done_file=$2
-  shift 2
-  if [[ -f "$done_file" ]]; then
-    say "$name: finished earlier ($done_file), skipping"
-    return
-  fi
-  say "$name: starting"
-  local began=$SECONDS
-  "$@"
-  say "$name: done in $(((SECONDS - began) / 60)) min $(((SECONDS - began) % 60)) s"
-}
 
 say "output in $OUT; base model $BASE"
 run_stage "(b) full-depth fine-tune" "$OUT/full/train_summary.json" \
