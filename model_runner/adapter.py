@@ -72,6 +72,13 @@ def shipped_adapter_path() -> str | None:
     return None
 
 
+def serves_by_default(path: str | os.PathLike) -> bool:
+    """Whether an adapter is marked to be merged whenever its base model loads with
+    ``adapter="auto"`` (``"serve_by_default": true`` in its config). A shipped adapter that
+    costs quality at full depth stays opt-in (``adapter="shipped"``) until it no longer does."""
+    return _read_config(Path(path) / CONFIG_FILE).get("serve_by_default") is True
+
+
 def _bad(file: str | Path, problem: str) -> ValueError:
     return ValueError(f"invalid adapter file {file}: {problem}")
 

@@ -51,8 +51,9 @@ def add_adapter_args(group: argparse._ActionsContainer) -> None:
         "--adapter",
         default="auto",
         metavar="PATH",
-        help="LoRA adapter directory merged into the weights at load (default: the skip-aware"
-        " adapter shipped for the default model, when --model is not given)",
+        help="LoRA adapter directory merged into the weights at load, or 'shipped' for the"
+        " skip-aware adapter the package ships for the default model (default: that adapter"
+        " when it is marked to serve by default and --model is not given)",
     )
     choice.add_argument(
         "--no-adapter",

@@ -30,7 +30,8 @@ class ModelConfig:
 
     ``adapter``: a LoRA adapter directory merged into the weights at load
     (model_runner/adapter.py). ``"auto"`` is the adapter shipped for the default model, when
-    ``model`` is None and the package holds one; ``None`` or ``"none"`` is the plain model.
+    ``model`` is None and the package holds one marked to serve by default; ``"shipped"`` is
+    that adapter whatever its mark; ``None`` or ``"none"`` is the plain model.
     """
 
     model: str | None = None

@@ -10,7 +10,12 @@ from torch import nn
 
 from skipdecode.checkpoint_schedule import read_skip_schedule
 from skipdecode.config import ModelConfig
-from skipdecode.model_runner.adapter import Adapter, load_adapter, shipped_adapter_path
+from skipdecode.model_runner.adapter import (
+    Adapter,
+    load_adapter,
+    serves_by_default,
+    shipped_adapter_path,
+)
 from skipdecode.model_runner.loader import build_model
 from skipdecode.model_runner.models import kv_head_shape
 from skipdecode.model_runner.weights import load_hf_config, load_tokenizer, resolve_model_path
@@ -37,14 +42,21 @@ def resolve_adapter(config: ModelConfig) -> str | None:
     """The adapter directory ``config.adapter`` names, or None for the plain model.
 
     ``"auto"`` picks the adapter shipped for the default model, only when the default model is
-    loaded with real weights: an adapter trained for SmolLM2 means nothing to another model.
+    loaded with real weights (an adapter trained for SmolLM2 means nothing to another model) and
+    the adapter is marked to serve by default; ``"shipped"`` picks it whatever its mark.
     """
     if config.adapter in (None, "none"):
         return None
     if config.adapter == "auto":
         if config.model is not None or config.load_format == "dummy":
             return None
-        return shipped_adapter_path()
+        shipped = shipped_adapter_path()
+        return shipped if shipped is not None and serves_by_default(shipped) else None
+    if config.adapter == "shipped":
+        shipped = shipped_adapter_path()
+        if shipped is None:
+            raise ValueError("adapter='shipped': this package holds no shipped adapter")
+        return shipped
     return config.adapter
 
 

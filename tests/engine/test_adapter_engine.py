@@ -126,8 +126,14 @@ def test_dummy_weights_take_no_explicit_adapter():
 def test_auto_means_the_shipped_adapter_for_the_default_model_only(tmp_path, monkeypatch):
     monkeypatch.setattr(adapter_module, "SHIPPED_ADAPTER_DIR", tmp_path)
     assert resolve_adapter(ModelConfig()) is None  # the folder holds no weights yet
-    write_adapter(tmp_path, lora_tensors())
+    with pytest.raises(ValueError, match="no shipped adapter"):
+        resolve_adapter(ModelConfig(adapter="shipped"))
+    write_adapter(tmp_path, lora_tensors())  # not marked to serve by default: opt-in only
+    assert resolve_adapter(ModelConfig()) is None
+    assert resolve_adapter(ModelConfig(adapter="shipped")) == str(tmp_path)
+    write_adapter(tmp_path, lora_tensors(), serve_by_default=True)
     assert resolve_adapter(ModelConfig()) == str(tmp_path)
+    assert resolve_adapter(ModelConfig(model="/some/model", adapter="shipped")) == str(tmp_path)
     assert resolve_adapter(ModelConfig(model="/some/model")) is None
     assert resolve_adapter(ModelConfig(load_format="dummy")) is None
     assert resolve_adapter(ModelConfig(adapter=None)) is None
@@ -168,7 +174,10 @@ def test_default_model_gets_the_shipped_adapter_and_its_schedule(tmp_path, monke
     name = "model.layers.2.self_attn.q_proj"  # SmolLM2-135M: hidden 576
     generator = torch.Generator().manual_seed(3)
     a, b = torch.randn(8, 576, generator=generator), torch.randn(576, 8, generator=generator)
-    write_adapter(tmp_path, {f"{name}.lora_A": a, f"{name}.lora_B": b}, rank=8, alpha=4.0)
+    write_adapter(
+        tmp_path, {f"{name}.lora_A": a, f"{name}.lora_B": b}, rank=8, alpha=4.0,
+        serve_by_default=True,
+    )  # fmt: skip
     trained = SkipConfig(max_depth=18, min_depth=12)
     write_skip_schedule(tmp_path, trained, [trained])
     monkeypatch.setattr(adapter_module, "SHIPPED_ADAPTER_DIR", tmp_path)
