@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from skipdecode.training.report import _bar, _schedule_text
+from skipdecode.training.report import _bar, _schedule_text, plot_if_available
 
 SIDE_BY_SIDE_SPEEDUPS = {"base": (1.0, 2.0), "other": (1.0, 2.0, 3.0)}
 NUM_SIDE_BY_SIDE = 10
 
 
-def write_chat_reports(results: dict[str, Any], rows: dict, out_dir: str | Path) -> None:
-    """``results.json``, ``results.md``, ``quality_vs_speedup.png``, ``side_by_side.md``."""
+def write_chat_reports(
+    results: dict[str, Any], rows: dict, out_dir: str | Path, log: Callable[[str], None] = print
+) -> None:
+    """``results.json``, ``results.md``, ``quality_vs_speedup.png`` (where matplotlib is
+    installed), ``side_by_side.md``."""
     out_dir = Path(out_dir)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "results.md").write_text(markdown_table(results))
     (out_dir / "side_by_side.md").write_text(side_by_side(results, rows))
-    plot(results, out_dir / "quality_vs_speedup.png")
+    plot_if_available(plot, results, out_dir / "quality_vs_speedup.png", log)
 
 
 def _ci(value: float, interval: list[float], digits: int = 1) -> str:

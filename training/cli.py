@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from skipdecode import datasets
-from skipdecode.training import chat, e2e
+from skipdecode.training import chat, e2e, e2e_split
 
 
 def speedup_list(text: str) -> tuple[float, ...]:
@@ -38,6 +38,20 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="share of MRs / conversations (by md5 of the id) held out for validation"
         " (default 15 for E2E, 2 for chat)",
+    )
+    group.add_argument(
+        "--split-by",
+        choices=list(e2e_split.SPLITS),
+        default="mr",
+        help="E2E: hold out MRs by a hash of the MR (mr), or also every MR of the restaurant"
+        " names whose hash falls under --name-val-percent (name: unseen names)",
+    )
+    group.add_argument(
+        "--name-val-percent",
+        type=int,
+        default=e2e_split.DEFAULT_NAME_VAL_PERCENT,
+        help="E2E, --split-by name: share of the name hash space held out (default 25: 4 of"
+        " the dev set's 20 names)",
     )
     group.add_argument(
         "--test-percent",
@@ -91,6 +105,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--lora-alpha", type=int, default=32)
     _add_data_args(parser)
     parser.add_argument("--max-rows", type=int, default=None, help="use only the first rows")
+    parser.add_argument(
+        "--substitute",
+        type=float,
+        default=0.0,
+        help="E2E: share of training rows whose name and near values are replaced by invented"
+        " names, in the MR and the reference alike (default 0: off)",
+    )
     _add_schedule_args(parser, "1")
     parser.add_argument(
         "--default-speedup",
@@ -148,6 +169,9 @@ def run_train(args: argparse.Namespace) -> int:
         model=args.model,
         data=args.data,
         val_percent=args.val_percent,
+        split_by=args.split_by,
+        name_val_percent=args.name_val_percent,
+        substitute=args.substitute,
         test_percent=args.test_percent,
         max_rows=args.max_rows,
         objective=args.objective or ("distill" if datasets.is_chat_data(args.data) else "ce"),

@@ -7,11 +7,12 @@ import argparse
 from skipdecode import datasets
 from skipdecode.training import chat, e2e
 from skipdecode.training.cli import _add_data_args, _add_schedule_args, speedup_list
+from skipdecode.training.cli_eval_copy import add_eval_copy_parser
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``eval`` (with its ``e2e`` and ``chat`` tasks) on the ``skipdecode`` subcommands."""
-    parser = subparsers.add_parser("eval", help="quality at 1x..5x speedup (E2E, chat)")
+    parser = subparsers.add_parser("eval", help="quality at 1x..5x speedup (E2E, chat, copy)")
     tasks = parser.add_subparsers(dest="task", required=True)
     e2e_parser = tasks.add_parser(
         "e2e",
@@ -37,6 +38,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e2e_parser.add_argument("--out", required=True, help="directory for JSON, markdown, PNG")
     _add_data_args(e2e_parser)
     e2e_parser.add_argument("--split", choices=["val", "train", "all"], default="val")
+    e2e_parser.add_argument(
+        "--no-fresh",
+        dest="fresh",
+        action="store_false",
+        help="do not score the validation MRs again with invented names (the fresh group)",
+    )
     _add_schedule_args(e2e_parser, "1,2,3,4,5")
     e2e_parser.add_argument("--max-tokens", type=int, default=80)
     e2e_parser.add_argument("--max-mrs", type=int, default=None, help="only the first MRs")
@@ -46,6 +53,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e2e_parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     e2e_parser.set_defaults(func=run_eval_e2e)
     add_eval_chat_parser(tasks)
+    add_eval_copy_parser(tasks, _add_model_list_args)
     return parser
 
 
@@ -157,6 +165,9 @@ def run_eval_e2e(args: argparse.Namespace) -> int:
         data=args.data,
         split=args.split,
         val_percent=e2e.DEFAULT_VAL_PERCENT if args.val_percent is None else args.val_percent,
+        split_by=args.split_by,
+        name_val_percent=args.name_val_percent,
+        fresh=args.fresh,
         speedups=args.speedups,
         decay_tokens=args.decay_tokens,
         warmup_layers=args.warmup_layers,

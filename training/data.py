@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from skipdecode import datasets
-from skipdecode.training import chat, e2e, teacher
+from skipdecode.training import chat, e2e, e2e_split, e2e_substitute, teacher
 from skipdecode.training.batch import Example
 
 OBJECTIVES = ("ce", "kl", "distill")
@@ -37,14 +37,7 @@ def load_training_data(cfg, tokenizer, max_model_len: int) -> TrainingData:
     if not datasets.is_chat_data(cfg.data):
         if cfg.objective == "distill":
             raise ValueError("--objective distill needs chat data (sharegpt, .jsonl or .json)")
-        rows, _ = e2e.split_by_mr(e2e.read_e2e_csv(cfg.data, cfg.max_rows), cfg.val_percent)
-        if not rows:
-            raise ValueError(f"{cfg.data}: no training rows after the split")
-        return TrainingData(
-            e2e.encode_rows(tokenizer, rows),
-            e2e.data_record(cfg.data, cfg.val_percent),
-            {"description": e2e.PROMPT_FORMAT, "system_prompt": e2e.SYSTEM_PROMPT},
-        )
+        return load_e2e_data(cfg, tokenizer)
     prompts, record = chat_split_prompts(cfg, tokenizer, "train", max_model_len, cfg.max_rows)
     if cfg.objective == "distill":
         cache = cfg.teacher_cache or os.path.join(cfg.out_dir, "teacher")
@@ -57,6 +50,28 @@ def load_training_data(cfg, tokenizer, max_model_len: int) -> TrainingData:
         examples = [Example(p.prompt_ids, p.reference_ids) for p in prompts]
         record["targets"] = "the data's own answers"
     return TrainingData(examples, record, {"description": chat.PROMPT_FORMAT})
+
+
+def load_e2e_data(cfg, tokenizer) -> TrainingData:
+    """E2E training rows by the run's split, with a share of them value-substituted."""
+    rows = e2e.read_e2e_csv(cfg.data, cfg.max_rows)
+    rows, _ = e2e_split.split_rows(rows, cfg.split_by, cfg.val_percent, cfg.name_val_percent)
+    if not rows:
+        raise ValueError(f"{cfg.data}: no training rows after the split")
+    record = e2e.data_record(cfg.data, cfg.val_percent)
+    record.update(e2e_split.split_record(cfg.split_by, cfg.val_percent, cfg.name_val_percent))
+    if cfg.substitute > 0:
+        rows = e2e_substitute.substitute_rows(rows, cfg.substitute, cfg.seed)
+        record["substitute"] = {
+            "fraction": cfg.substitute,
+            "slots": list(e2e_substitute.SUBSTITUTED_SLOTS),
+            "seed": cfg.seed,
+        }
+    return TrainingData(
+        e2e.encode_rows(tokenizer, rows),
+        record,
+        {"description": e2e.PROMPT_FORMAT, "system_prompt": e2e.SYSTEM_PROMPT},
+    )
 
 
 def chat_split_prompts(

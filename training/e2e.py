@@ -71,16 +71,6 @@ def split_by_mr(
     return train, val
 
 
-def select_split(rows: list[E2ERow], split: str, val_percent: int) -> list[E2ERow]:
-    """``split`` is ``train``, ``val`` or ``all``."""
-    if split not in ("train", "val", "all"):
-        raise ValueError(f"split must be train, val or all (got {split!r})")
-    if split == "all":
-        return rows
-    train, val = split_by_mr(rows, val_percent)
-    return train if split == "train" else val
-
-
 def group_by_mr(rows: Iterable[E2ERow]) -> dict[str, list[str]]:
     """MR -> its references, MRs in first-seen order (several rows of an MR = several refs)."""
     groups: dict[str, list[str]] = {}

@@ -117,7 +117,7 @@ def evaluate_chat(cfg: ChatEvalConfig, log: Callable[[str], None] = print) -> di
         ],
     }
     write_chat_reports(results, done, out_dir)
-    log(f"wrote {out_dir / 'results.json'}, results.md, quality_vs_speedup.png, side_by_side.md")
+    log(f"wrote {out_dir / 'results.json'}, results.md and side_by_side.md")
     return results
 
 

@@ -12,7 +12,8 @@
 # (c) ~145 tokens/s as the teacher adds a forward pass; 345k tokens per epoch): (b) 1 epoch
 # ~26 min, (c) 1.5 epochs ~60 min, eval ~5 min; about 1.5 h in all. EPOCHS_SKIP=1 saves ~20 min.
 # Knobs (environment): EPOCHS_FULL, EPOCHS_SKIP, BATCH, LR, SPEEDUPS_TRAIN, KL_WEIGHT,
-# DECAY_TOKENS, WARMUP_LAYERS, SPEEDUPS_EVAL, DATA, VAL_PERCENT, DEVICE, SAVE_EVERY; for a quick
+# DECAY_TOKENS, WARMUP_LAYERS, SPEEDUPS_EVAL, DATA, VAL_PERCENT, SPLIT_BY, NAME_VAL_PERCENT,
+# SUBSTITUTE, DEVICE, SAVE_EVERY; for a quick
 # smoke run of the whole pipeline: MAX_STEPS (per training stage), MAX_MRS and MAX_TOKENS (eval);
 # BASE replaces the base model (a .gguf file or an HF directory).
 set -euo pipefail
@@ -33,7 +34,10 @@ SPEEDUPS_EVAL=${SPEEDUPS_EVAL:-1,2,3,4,5}
 DEVICE=${DEVICE:-auto}
 SAVE_EVERY=${SAVE_EVERY:-25}
 VAL_PERCENT=${VAL_PERCENT:-15}
-DATA_ARGS=(--val-percent "$VAL_PERCENT")
+SPLIT_BY=${SPLIT_BY:-name}            # validation: unseen restaurant names + held-out MRs (docs/quality.md)
+NAME_VAL_PERCENT=${NAME_VAL_PERCENT:-25}
+SUBSTITUTE=${SUBSTITUTE:-0}           # (c): share of rows with invented name/near values
+DATA_ARGS=(--val-percent "$VAL_PERCENT" --split-by "$SPLIT_BY" --name-val-percent "$NAME_VAL_PERCENT")
 if [[ -n "${DATA:-}" ]]; then DATA_ARGS+=(--data "$DATA"); fi
 TRAIN_ARGS=()
 if [[ -n "${LR:-}" ]]; then TRAIN_ARGS+=(--lr "$LR"); fi
@@ -60,6 +64,7 @@ run_stage "(c) skip-aware ${SPEEDUPS_TRAIN}x fine-tune, KL ${KL_WEIGHT} to (b)" 
   "$OUT/skip/train_summary.json" \
   "$SKIPDECODE" train --model "$OUT/full" --teacher "$OUT/full" --out "$OUT/skip" --method full \
   --epochs "$EPOCHS_SKIP" --speedups "$SPEEDUPS_TRAIN" --kl-weight "$KL_WEIGHT" \
+  --substitute "$SUBSTITUTE" \
   "${SCHEDULE_ARGS[@]}" "${COMMON[@]}" "${DATA_ARGS[@]}" "${TRAIN_ARGS[@]}"
 
 run_stage "eval (a) base, (b) full-ft, (c) skip-ft at ${SPEEDUPS_EVAL}x" "$OUT/eval/results.json" \

@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from skipdecode.training.e2e_group_report import group_tables
 
-def write_reports(results: dict[str, Any], out_dir: str | Path) -> None:
-    """``results.json``, ``results.md`` and ``quality_vs_speedup.png`` in ``out_dir``."""
+
+def write_reports(
+    results: dict[str, Any], out_dir: str | Path, log: Callable[[str], None] = print
+) -> None:
+    """``results.json``, ``results.md`` and ``quality_vs_speedup.png`` in ``out_dir`` (the plot
+    only where matplotlib is installed)."""
     out_dir = Path(out_dir)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "results.md").write_text(markdown_table(results))
-    plot(results, out_dir / "quality_vs_speedup.png")
+    plot_if_available(plot, results, out_dir / "quality_vs_speedup.png", log)
+
+
+def plot_if_available(
+    draw: Callable[[dict[str, Any], Path], None],
+    results: dict[str, Any],
+    path: Path,
+    log: Callable[[str], None] = print,
+) -> bool:
+    """``draw(results, path)`` where matplotlib imports; otherwise one line to ``log``.
+
+    matplotlib is an optional dependency: the JSON and markdown reports are the results, the plot
+    is a view of them, so an evaluation must not fail for the lack of it."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        log(f"skipped {path.name}: matplotlib is not installed (pip install matplotlib)")
+        return False
+    draw(results, path)
+    return True
 
 
 def _schedule_text(schedule: dict[str, Any]) -> str:
@@ -28,8 +53,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     """One row per (model, target speedup)."""
     config = results["config"]
     lines = [
-        f"E2E {config['split']} split ({config['num_mrs']} MRs, {config['split_rule']},"
-        f" val_percent={config['val_percent']}); greedy, max {config['max_tokens']} tokens;"
+        f"E2E {config['split']} split by {config.get('split_by', 'mr')}"
+        f" ({config['num_mrs']} MRs, {_rules(config)}); greedy, max {config['max_tokens']} tokens;"
         f" 95% bootstrap intervals over MRs ({config['num_resamples']} resamples).",
         "",
         "| model | target | mean theoretical speedup | depths (D_max→D_min over T) | BLEU [95% CI]"
@@ -47,7 +72,14 @@ def markdown_table(results: dict[str, Any]) -> str:
                 f" | {row['rouge_l']:.1f} [{rouge_low:.1f}, {rouge_high:.1f}]"
                 f" | {row['tokens_per_s']:.0f} | {row['mean_generated_tokens']:.1f} |"
             )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + group_tables(results)
+
+
+def _rules(config: dict[str, Any]) -> str:
+    rules = f"{config['split_rule']}, val_percent={config['val_percent']}"
+    if config.get("split_by") == "name":
+        rules += f"; {config['name_split_rule']}, name_val_percent={config['name_val_percent']}"
+    return rules
 
 
 def _bar(length: float) -> float:

@@ -23,6 +23,7 @@ from skipdecode.model_runner.weights import resolve_model_path
 from skipdecode.scheduler import SkipConfig
 from skipdecode.training import chat, checkpoint, e2e
 from skipdecode.training.data import DEFAULT_KL_WEIGHT, OBJECTIVES, load_training_data
+from skipdecode.training.e2e_split import DEFAULT_NAME_VAL_PERCENT, SPLITS
 from skipdecode.training.loop import TrainLoop
 from skipdecode.training.modeling import (
     apply_lora,
@@ -45,6 +46,9 @@ class TrainConfig:
     val_percent: int | None = None  # None: 15 for E2E, 2 for chat data
     test_percent: int = datasets.DEFAULT_TEST_PERCENT  # chat data only
     max_rows: int | None = None  # use only the first rows / training prompts
+    split_by: str = "mr"  # E2E: "mr" or "name" (training/e2e_split.py)
+    name_val_percent: int = DEFAULT_NAME_VAL_PERCENT  # E2E, split_by="name": unseen names
+    substitute: float = 0.0  # E2E: share of training rows with invented names (e2e_substitute)
     objective: str = "ce"  # ce | kl | distill (see training/data.py)
     max_prompt_tokens: int = chat.DEFAULT_MAX_PROMPT_TOKENS  # chat data only
     max_answer_tokens: int = chat.DEFAULT_MAX_ANSWER_TOKENS  # chat data only
@@ -82,6 +86,9 @@ class TrainConfig:
             "max_prompt_tokens and max_answer_tokens must be >= 1": self.max_prompt_tokens >= 1
             and self.max_answer_tokens >= 1,
             "method must be full or lora": self.method in ("full", "lora"),
+            f"split_by must be one of {', '.join(SPLITS)}": self.split_by in SPLITS,
+            "name_val_percent must be in [0, 100]": 0 <= self.name_val_percent <= 100,
+            "substitute must be in [0, 1]": 0.0 <= self.substitute <= 1.0,
             "dtype must be auto, bf16 or fp32": self.dtype in ("auto", "bf16", "fp32"),
             "speedups must be a non-empty list of numbers >= 1": bool(self.speedups)
             and all(s >= 1 for s in self.speedups),

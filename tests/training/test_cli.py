@@ -67,7 +67,13 @@ def test_eval_writes_table_json_and_plot(tiny_llama_dir, e2e_csv, tmp_path):
     assert rows[1]["mean_theoretical_speedup"] > 1.3
     assert all(r["tokens_per_s"] > 0 and 0 <= r["bleu"] <= 100 for r in rows)
     out = tmp_path / "eval"
-    assert json.loads((out / "results.json").read_text())["config"]["num_mrs"] == 3
-    assert (out / "results.md").read_text().count("| tiny |") == 2
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert config["num_mrs"] == 3
+    assert config["group_sizes"] == {"all": 3, "seen": 3, "unseen": 0, "fresh": 3}
+    assert all(set(r["groups"]) == {"seen", "fresh"} for r in rows)
+    assert all(0 <= r["ser"] <= 100 for r in rows)
+    table = (out / "results.md").read_text()
+    assert table.count("| tiny |") == 2 * 3  # the main table, then the seen and fresh tables
+    assert "**fresh names" in table and "unseen names" not in table
     assert (out / "quality_vs_speedup.png").read_bytes()[:4] == b"\x89PNG"
-    assert len((out / "generations.jsonl").read_text().splitlines()) == 2 * 3
+    assert len((out / "generations.jsonl").read_text().splitlines()) == 2 * (3 + 3)
