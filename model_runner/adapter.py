@@ -7,12 +7,21 @@ An adapter is a directory::
                           ``model.layers.3.self_attn.q_proj``); optionally full replacement
                           tensors under a parameter's own name (e.g. ``model.norm.weight``)
     adapter_config.json   {"format": "skipdecode-lora", "version": 1, "rank": r, "alpha": a,
-                           "base_model": ..., "target_modules": [...], ...free extras}
+                           "base_model": ..., "target_modules": [...], "apply_to": ...,
+                           ...free extras}
     skip_schedule.json    optional, the schedule the adapter was trained for
                           (skipdecode/checkpoint_schedule.py)
 
-Merging ``W + (alpha / rank) * B @ A`` once at load costs nothing per token, and everything
-downstream (fusing, CPU packing, dtype) sees ordinary weights.
+``apply_to`` (optional) says which tokens the adapter changes:
+
+- ``"all"`` (the default when the key is absent): every token. The adapter is merged,
+  ``W + (alpha / rank) * B @ A``, once at load: it costs nothing per token, and everything
+  downstream (fusing, CPU packing, dtype) sees ordinary weights.
+- ``"skipping"``: only tokens that bypass layers (depth ``D < L``). Full-depth tokens (every
+  prompt token, generated tokens at ``D == L``) see the base model exactly, so the model served
+  at 1x is the base model. The weights stay unmerged and each adapted linear adds the LoRA
+  update on the skipping rows of each step (model_runner/gated_adapter.py). Such an adapter
+  holds LoRA pairs only: a replacement tensor cannot be applied to some tokens only.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ CONFIG_FILE = "adapter_config.json"
 FORMAT_NAME = "skipdecode-lora"
 FORMAT_VERSION = 1
 LORA_A, LORA_B = ".lora_A", ".lora_B"
-_RESERVED_KEYS = ("format", "version", "rank", "alpha", "base_model", "target_modules")
+_RESERVED_KEYS = ("format", "version", "rank", "alpha", "base_model", "target_modules", "apply_to")
+APPLY_TO = ("all", "skipping")  # which tokens an adapter changes (module docstring)
 
 
 @dataclass
@@ -47,6 +57,7 @@ class Adapter:
     config: dict[str, Any]
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # (A, B)
     replacements: dict[str, torch.Tensor] = field(default_factory=dict)
+    apply_to: str = "all"  # one of APPLY_TO: merged at load, or gated to skipping tokens
 
     @property
     def scale(self) -> float:
@@ -98,6 +109,9 @@ def _read_config(file: Path) -> dict[str, Any]:
         raise _bad(file, f"'rank' must be a positive integer (got {rank!r})")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
         raise _bad(file, f"'alpha' must be a number (got {alpha!r})")
+    apply_to = record.get("apply_to", "all")
+    if apply_to not in APPLY_TO:
+        raise _bad(file, f"'apply_to' must be one of {list(APPLY_TO)} (got {apply_to!r})")
     return record
 
 
@@ -152,6 +166,9 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     if not tensors:
         raise _bad(weights_file, "holds no tensors")
     lora, replacements = _split_tensors(tensors, record["rank"], weights_file)
+    apply_to = record.get("apply_to", "all")
+    if apply_to == "skipping" and replacements:
+        raise _bad(weights_file, _gated_replacement_problem(replacements))
     base_model = record.get("base_model")
     return Adapter(
         path=str(directory),
@@ -161,6 +178,15 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
         config=record,
         lora=lora,
         replacements=replacements,
+        apply_to=apply_to,
+    )
+
+
+def _gated_replacement_problem(replacements: Iterable[str]) -> str:
+    names = sorted(replacements)
+    return (
+        f"an adapter with apply_to 'skipping' holds LoRA pairs only, but {names[0]} is a full"
+        " replacement tensor (a replacement cannot apply to skipping tokens only)"
     )
 
 
@@ -174,6 +200,11 @@ def merge_weights(
     checkpoint never yields fails once the stream ends (a silently unmerged adapter would serve
     the base model under the adapter's name).
     """
+    if adapter.apply_to != "all":
+        raise ValueError(
+            f"adapter {adapter.path} applies to {adapter.apply_to!r} tokens only and cannot be"
+            " merged into the weights (model_runner/gated_adapter.py applies it)"
+        )
     pending = {**adapter.lora, **adapter.replacements}
     for name, tensor in weights:
         # Some checkpoints omit the "model." prefix (OPT); the adapter uses the full name.
@@ -226,14 +257,22 @@ def save_adapter(
     alpha: float,
     base_model: str | None,
     extra: dict[str, Any] | None = None,
+    apply_to: str = "all",
 ) -> Path:
     """Write an adapter directory from tensors named as in the module docstring, then load it
     back (the writer cannot drift from the reader). ``extra``: JSON-ready config fields such as
-    the training recipe. Returns the directory."""
+    the training recipe. ``apply_to``: which tokens the adapter changes (module docstring);
+    written to the config unless it is the default ``"all"``, so merged adapters keep the
+    files they always had. Returns the directory."""
     directory = Path(directory)
     clashes = sorted(set(extra or {}) & set(_RESERVED_KEYS))
     if clashes:
         raise ValueError(f"save_adapter: extra must not set {clashes}")
+    if apply_to not in APPLY_TO:
+        raise ValueError(f"save_adapter: apply_to must be one of {list(APPLY_TO)}")
+    replaced = [n for n in lora_tensors if not n.endswith((LORA_A, LORA_B))]
+    if apply_to == "skipping" and replaced:
+        raise ValueError(f"save_adapter: {_gated_replacement_problem(replaced)}")
     targets = sorted(
         {name[: -len(LORA_A)].rsplit(".", 1)[-1] for name in lora_tensors if name.endswith(LORA_A)}
     )
@@ -244,6 +283,7 @@ def save_adapter(
         "alpha": alpha,
         "base_model": base_model,
         "target_modules": targets,
+        **({} if apply_to == "all" else {"apply_to": apply_to}),
         **(extra or {}),
     }
     directory.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from torch import nn
 
 from skipdecode.model_runner.adapter import Adapter, merge_weights
 from skipdecode.model_runner.cpu_packing import can_pack, fuse_projections, pack_linears
+from skipdecode.model_runner.gated_adapter import attach_gated_adapter, find_gated_targets
 from skipdecode.model_runner.models import model_class_for
 from skipdecode.model_runner.weights import iter_weights
 
@@ -25,8 +26,11 @@ def build_model(
 ) -> nn.Module:
     """Instantiate ``config``'s architecture and load weights from ``path`` (None: random).
 
-    ``adapter`` is merged into the checkpoint's tensors as they stream in, in float32 before the
-    copy into ``dtype`` and before the CPU fusing/packing (which then see merged weights).
+    An ``adapter`` with ``apply_to == "all"`` is merged into the checkpoint's tensors as they
+    stream in, in float32 before the copy into ``dtype`` and before the CPU fusing/packing
+    (which then see merged weights). One with ``apply_to == "skipping"`` leaves the weights
+    unmerged: after the fusing/packing, its linears are wrapped to add the update on skipping
+    rows only (gated_adapter.py; the gate is ``model.adapter_gate``).
     """
     if adapter is not None and path is None:
         raise ValueError("an adapter needs checkpoint weights to merge into (not random ones)")
@@ -39,11 +43,17 @@ def build_model(
         _init_random(model)
     else:
         weights = iter_weights(path)
-        load_weights(model, weights if adapter is None else merge_weights(weights, adapter))
+        is_merged = adapter is not None and adapter.apply_to == "all"
+        load_weights(model, merge_weights(weights, adapter) if is_merged else weights)
     _rebuild_buffers(model, config, device, dtype)
+    is_gated = adapter is not None and adapter.apply_to == "skipping"
+    # Resolved by Hugging Face name before fusing removes q_proj & co.
+    gated_targets = find_gated_targets(model, adapter) if is_gated else []
     if can_pack(model):
         fuse_projections(model)
         pack_linears(model)
+    if is_gated:
+        attach_gated_adapter(model, gated_targets, adapter.scale)
     return model.eval()
 
 

@@ -40,6 +40,8 @@ class ModelRunner:
         self.value_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.kernels = cpu_kernels(self.device, self.dtype)  # None: PyTorch ops
         self.sampler = Sampler()
+        # A gated adapter's gate (gated_adapter.py), set once per step; None without one.
+        self.adapter_gate = getattr(model, "adapter_gate", None)
         self._generators: dict[str, torch.Generator] = {}
 
     @staticmethod
@@ -59,6 +61,10 @@ class ModelRunner:
         layout = sort_by_start_layer(
             [s.depths for s in seqs], [s.warmup_layers for s in seqs], self.num_layers
         )
+        if self.adapter_gate is not None:
+            self.adapter_gate.set_step(
+                [s.depths for s in seqs], [s.warmup_layers for s in seqs], layout
+            )
         flat_ids = np.concatenate([np.asarray(s.token_ids, dtype=np.int64) for s in seqs])
         input_ids = torch.from_numpy(flat_ids[layout.order]).to(self.device)
         ctx = build_step_context(

@@ -21,8 +21,13 @@ def depths_of(prompt_len: int, num_tokens: int, schedule: DepthSchedule) -> list
 
 
 @torch.no_grad()
-def reference_logits(hf_model, token_ids: list[int], depths: list[int], warmup: int):
-    """Logits at every position when position ``p`` runs ``depths[p]`` layers."""
+def reference_logits(
+    hf_model, token_ids: list[int], depths: list[int], warmup: int, before_layer=None
+):
+    """Logits at every position when position ``p`` runs ``depths[p]`` layers.
+
+    ``before_layer(index, positions)``, when given, is called before each layer runs on the
+    positions (a LongTensor) that run it."""
     kind = hf_model.config.model_type
     decoder = hf_model.model.decoder if kind == "opt" else hf_model.model
     ids = torch.tensor([token_ids])
@@ -41,6 +46,8 @@ def reference_logits(hf_model, token_ids: list[int], depths: list[int], warmup: 
         if len(idx) == 0:
             continue
         sub = hidden[:, idx]
+        if before_layer is not None:
+            before_layer(index, idx)
         n = len(idx)
         mask = torch.full((n, n), torch.finfo(sub.dtype).min).triu(1)[None, None]
         if kind == "opt":

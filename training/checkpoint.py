@@ -23,6 +23,7 @@ from torch import nn
 from skipdecode.checkpoint_schedule import write_skip_schedule
 from skipdecode.model_runner.adapter import LORA_A, LORA_B, save_adapter
 from skipdecode.scheduler import SkipConfig
+from skipdecode.training.gated_lora import lora_gate
 from skipdecode.training.modeling import merged, trainable_parameters
 
 STATE_FILE = Path("resume") / "state.pt"
@@ -124,20 +125,31 @@ def save_final(
     """Save the servable model directory; returns the (LoRA-merged) model that was saved.
 
     A LoRA run also writes ``adapter/``: the adapter alone in the engine's format
-    (:mod:`skipdecode.model_runner.adapter`) with its ``skip_schedule.json``.
+    (:mod:`skipdecode.model_runner.adapter`) with its ``skip_schedule.json``. A gated LoRA run
+    (``apply_to: "skipping"``) saves the base weights unmerged, full depth as their default.
     """
     out_dir = Path(out_dir)
     lora = lora_tensors(model)
+    gated = lora_gate(model) is not None
     if lora:  # the adapter alone, servable with --adapter on the base model (a few MB)
         config = model.peft_config["default"]
         save_adapter(
-            out_dir / ADAPTER_DIR, lora, config.r, config.lora_alpha, base_model, adapter_extra
+            out_dir / ADAPTER_DIR,
+            lora,
+            config.r,
+            config.lora_alpha,
+            base_model,
+            adapter_extra,
+            apply_to="skipping" if gated else "all",
         )
         write_skip_schedule(out_dir / ADAPTER_DIR, default_skip, schedules, **schedule_extra)
-    plain = merged(model)
+    # A gated adapter cannot be merged (it would change full depth too): the directory keeps
+    # the base weights and serves full depth by default; the adapter is served with --adapter.
+    plain = model.unload() if gated else merged(model)
     plain.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    write_skip_schedule(out_dir, default_skip, schedules, **schedule_extra)
+    full_depth = SkipConfig.for_speedup(1.0)
+    write_skip_schedule(out_dir, full_depth if gated else default_skip, schedules, **schedule_extra)
     return plain
 
 

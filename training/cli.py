@@ -103,6 +103,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--method", choices=["full", "lora"], default="full")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument(
+        "--lora-apply-to",
+        choices=["all", "skipping"],
+        default="all",
+        help="LoRA: change every token (all, merged into the weights), or only tokens that skip"
+        " layers (skipping: full depth stays the base model exactly; serve with --adapter)",
+    )
     _add_data_args(parser)
     parser.add_argument("--max-rows", type=int, default=None, help="use only the first rows")
     parser.add_argument(
@@ -181,6 +188,7 @@ def run_train(args: argparse.Namespace) -> int:
         method=args.method,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
+        lora_apply_to=args.lora_apply_to,
         speedups=args.speedups,
         decay_tokens=args.decay_tokens,
         warmup_layers=args.warmup_layers,

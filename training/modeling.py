@@ -42,9 +42,29 @@ def load_causal_lm(
     """
     lm = _load_plain(resolve_model_path(model))
     if adapter not in (None, "none"):
-        merged_weights = merge_weights(lm.state_dict().items(), load_adapter(adapter))
+        loaded = load_adapter(adapter)
+        if loaded.config.get("apply_to", "all") == "skipping":
+            return _gated(lm, loaded).to(device)
+        merged_weights = merge_weights(lm.state_dict().items(), loaded)
         lm.load_state_dict(dict(merged_weights))
     return lm.to(device)
+
+
+def _gated(lm: nn.Module, adapter) -> nn.Module:
+    """``lm`` with a gated adapter as PEFT LoRA modules (training/gated_lora.py)."""
+    from skipdecode.training.gated_lora import gate_lora
+
+    targets = sorted({key.rsplit(".", 2)[-2] for key in adapter.lora})
+    peft_model = apply_lora(lm, adapter.rank, adapter.alpha, targets=targets)
+    params = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for key, (a, b) in adapter.lora.items():
+            prefix = "base_model.model." + key.removesuffix(".weight")
+            params[f"{prefix}.lora_A.default.weight"].copy_(a.float())
+            params[f"{prefix}.lora_B.default.weight"].copy_(b.float())
+    peft_model.requires_grad_(False)
+    gate_lora(peft_model)
+    return peft_model
 
 
 def _load_plain(path: str) -> nn.Module:
@@ -77,18 +97,25 @@ def load_teacher(model: str | None, device: torch.device) -> nn.Module:
     return teacher
 
 
-def apply_lora(model: nn.Module, rank: int, alpha: int, dropout: float = 0.0) -> nn.Module:
-    """Wrap ``model`` with LoRA adapters on every decoder linear layer (only they train)."""
+def apply_lora(
+    model: nn.Module,
+    rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    targets: list[str] | None = None,
+) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters on every decoder linear layer (only they train), or on
+    the ``targets`` module names."""
     from peft import LoraConfig, get_peft_model
 
     kind = model.config.model_type
-    if kind not in LORA_TARGETS:
+    if targets is None and kind not in LORA_TARGETS:
         raise ValueError(f"LoRA targets unknown for model type {kind!r}")
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=LORA_TARGETS[kind],
+        target_modules=targets or LORA_TARGETS[kind],
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

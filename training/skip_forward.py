@@ -23,6 +23,7 @@ from torch import nn
 
 from skipdecode.scheduler import DepthSchedule
 from skipdecode.training.batch import Batch
+from skipdecode.training.gated_lora import lora_gate
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -62,6 +63,9 @@ def skipping(model: nn.Module, runs: torch.Tensor) -> Iterator[None]:
     if runs.shape[0] != len(layers):
         raise ValueError(f"runs covers {runs.shape[0]} layers, the model has {len(layers)}")
     is_full = runs.flatten(1).all(dim=1).tolist()  # one host sync per batch, not per layer
+    gate = lora_gate(model)
+    if gate is not None:  # gated LoRA: the update applies where a position skips a layer
+        gate.mask = ~runs.all(dim=0)
     handles = [
         layer.register_forward_hook(_keep_where(runs[index]), with_kwargs=True)
         for index, layer in enumerate(layers)
@@ -72,6 +76,8 @@ def skipping(model: nn.Module, runs: torch.Tensor) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+        if gate is not None:
+            gate.mask = None
 
 
 def _keep_where(mask: torch.Tensor):

@@ -24,6 +24,7 @@ from skipdecode.scheduler import SkipConfig
 from skipdecode.training import chat, checkpoint, e2e
 from skipdecode.training.data import DEFAULT_KL_WEIGHT, OBJECTIVES, load_training_data
 from skipdecode.training.e2e_split import DEFAULT_NAME_VAL_PERCENT, SPLITS
+from skipdecode.training.gated_lora import APPLY_TO, gate_lora
 from skipdecode.training.loop import TrainLoop
 from skipdecode.training.modeling import (
     apply_lora,
@@ -56,6 +57,7 @@ class TrainConfig:
     method: str = "full"  # "full" or "lora"
     lora_rank: int = 16
     lora_alpha: int = 32
+    lora_apply_to: str = "all"  # "skipping": the adapter changes only tokens that skip layers
     speedups: tuple[float, ...] = (1.0,)  # each batch samples one of these presets
     decay_tokens: int = e2e.DEFAULT_DECAY_TOKENS
     warmup_layers: int = 1
@@ -86,6 +88,9 @@ class TrainConfig:
             "max_prompt_tokens and max_answer_tokens must be >= 1": self.max_prompt_tokens >= 1
             and self.max_answer_tokens >= 1,
             "method must be full or lora": self.method in ("full", "lora"),
+            "lora_apply_to must be all or skipping": self.lora_apply_to in APPLY_TO,
+            "lora_apply_to=skipping needs method lora": self.lora_apply_to == "all"
+            or self.method == "lora",
             f"split_by must be one of {', '.join(SPLITS)}": self.split_by in SPLITS,
             "name_val_percent must be in [0, 100]": 0 <= self.name_val_percent <= 100,
             "substitute must be in [0, 1]": 0.0 <= self.substitute <= 1.0,
@@ -97,7 +102,8 @@ class TrainConfig:
             "max_steps must be >= 1": self.max_steps is None or self.max_steps >= 1,
             "kl_weight must be >= 0": self.kl_weight >= 0,
             "save_every must be >= 1": self.save_every >= 1,
-            "default_speedup must be one of speedups": self.default_speedup is None
+            "default_speedup must be 1 or one of speedups": self.default_speedup is None
+            or self.default_speedup == 1.0
             or self.default_speedup in self.speedups,
         }
         for message, ok in checks.items():
@@ -150,6 +156,8 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     teacher = load_teacher(cfg.teacher or cfg.model, device) if cfg.kl_weight > 0 else None
     if cfg.method == "lora":
         model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha)
+        if cfg.lora_apply_to == "skipping":
+            gate_lora(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
@@ -208,7 +216,10 @@ def _save_checkpoint(cfg: TrainConfig, model, tokenizer, skips, schedules, data)
         "prompt_format": data.prompt_format,
         "objective": {"name": cfg.objective, "kl_weight": cfg.kl_weight},
     }
-    default_skip = skips[cfg.speedups.index(default)]
+    if default in cfg.speedups:
+        default_skip = skips[cfg.speedups.index(default)]
+    else:  # 1x: full depth
+        default_skip = SkipConfig.for_speedup(1.0, cfg.decay_tokens, cfg.warmup_layers)
     base_model = os.path.basename(resolve_model_path(cfg.model))
     trained_with = {"trained_with": cfg.fingerprint()}
     checkpoint.save_final(
