@@ -17,6 +17,7 @@ COMMANDS = {
     "kv": ("kv", "KV memory per sequence and sequences that fit a KV budget, per speedup"),
     "hf": ("hf_generate", "Hugging Face transformers generate(): the naive batched anchor"),
     "gpu": ("gpu_opt", "decode tok/s of random-weight OPT-1.3B/6.7B per batch and speedup"),
+    "structured": ("structured", "tokens/s with and without a JSON-schema constraint"),
 }
 
 
@@ -24,7 +25,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` with its subcommands to the ``skipdecode`` command."""
     bench = subparsers.add_parser(
         "bench",
-        help="benchmarks (throughput, serve, latency, kv, hf, gpu)",
+        help="benchmarks (throughput, serve, latency, kv, hf, gpu, structured)",
         description="Benchmarks of the engine, the server and baselines (docs/benchmarks.md).",
     )
     commands = bench.add_subparsers(dest="bench_command", required=True)

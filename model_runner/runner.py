@@ -8,6 +8,8 @@ from torch import nn
 
 from skipdecode.model_runner.context import StepLayout, build_step_context, sort_by_start_layer
 from skipdecode.model_runner.cpu_kernels import cpu_kernels
+from skipdecode.model_runner.grammar_mask import GrammarMasker
+from skipdecode.model_runner.prompt_logprobs import plan_prompt_scoring, score_prompts
 from skipdecode.model_runner.sampler import Sampler, SamplerOutput, SamplingBatch
 from skipdecode.scheduler.outputs import RunnerOutput, ScheduledSequence, SchedulerOutput
 
@@ -40,6 +42,7 @@ class ModelRunner:
         self.value_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.kernels = cpu_kernels(self.device, self.dtype)  # None: PyTorch ops
         self.sampler = Sampler()
+        self.masker = GrammarMasker(self.vocab_size)  # structured outputs (grammar_mask.py)
         # A gated adapter's gate (gated_adapter.py), set once per step; None without one.
         self.adapter_gate = getattr(model, "adapter_gate", None)
         self._generators: dict[str, torch.Generator] = {}
@@ -79,12 +82,21 @@ class ModelRunner:
             block_size=self.block_size,
             kernels=self.kernels,
         )
-        hidden = self.model(input_ids, ctx)  # [N, hidden]
         sampled = [s for s in seqs if s.is_sampled]
+        # Grammar masks depend only on tokens already sampled: fill them during the forward.
+        constrained = [i for i, s in enumerate(sampled) if s.grammar is not None]
+        mask_job = (
+            self.masker.start([sampled[i].grammar for i in constrained]) if constrained else None
+        )
+        hidden = self.model(input_ids, ctx)  # [N, hidden]
+        plan = plan_prompt_scoring(seqs, layout)  # None unless a chunk asks for prompt logprobs
+        prompt_logprobs = score_prompts(plan, hidden, self.model.compute_logits) if plan else {}
         if not sampled:
-            return RunnerOutput([], [], [])
+            return RunnerOutput([], [], [], prompt_logprobs)
         rows = self._last_rows(seqs, layout)
         logits = self.model.compute_logits(hidden[rows])  # [num_sampled, vocab], model dtype
+        if mask_job is not None:
+            self.masker.apply(logits, torch.tensor(constrained), mask_job.result())
         batch = SamplingBatch.build(
             params=[s.sampling_params for s in sampled],
             prompt_token_ids=[s.prompt_token_ids for s in sampled],
@@ -93,7 +105,9 @@ class ModelRunner:
             vocab_size=self.vocab_size,
             device=self.device,
         )
-        return _runner_output(sampled, self.sampler(logits, batch))
+        output = _runner_output(sampled, self.sampler(logits, batch))
+        output.prompt_logprobs = prompt_logprobs
+        return output
 
     def _last_rows(self, seqs: list[ScheduledSequence], layout: StepLayout) -> torch.Tensor:
         # The last chunk token of each sampled sequence, as a row of the depth-sorted batch.

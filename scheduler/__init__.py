@@ -2,7 +2,7 @@
 
 from skipdecode.scheduler.outputs import RunnerOutput, ScheduledSequence, SchedulerOutput
 from skipdecode.scheduler.request import Request, RequestStatus, TokenLogprobs
-from skipdecode.scheduler.sampling_params import SamplingParams
+from skipdecode.scheduler.sampling_params import SamplingParams, StructuredOutput
 from skipdecode.scheduler.scheduler import Scheduler, SchedulerConfig
 from skipdecode.scheduler.skip import DepthSchedule, SkipConfig
 
@@ -17,5 +17,6 @@ __all__ = [
     "SchedulerConfig",
     "SchedulerOutput",
     "SkipConfig",
+    "StructuredOutput",
     "TokenLogprobs",
 ]

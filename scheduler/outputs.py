@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from skipdecode.scheduler.request import TokenLogprobs
 from skipdecode.scheduler.sampling_params import SamplingParams
 
 
@@ -21,6 +23,9 @@ class ScheduledSequence:
     sampling_params: SamplingParams
     prompt_token_ids: list[int]  # read-only view, for penalties and prompt logprobs
     output_token_ids: list[int]  # read-only view, for penalties
+    grammar: Any = (
+        None  # structured output: the request's Grammar (skipdecode/structured_output.py)
+    )
 
 
 @dataclass
@@ -44,5 +49,6 @@ class RunnerOutput:
     sampled_token_ids: list[int]
     # Per sampled sequence: (logprob of the sampled token, {top id: logprob}) or None.
     logprobs: list[tuple[float, dict[int, float]] | None]
-    # Per request with prompt logprobs asked: one entry per scored prompt position in the chunk.
-    prompt_logprobs: dict[str, list[tuple[float, dict[int, float]]]] = field(default_factory=dict)
+    # Per request with prompt logprobs asked whose chunk covers prompt positions: (the prompt
+    # position of the first entry, one entry per prompt position the chunk's rows score).
+    prompt_logprobs: dict[str, tuple[int, list[TokenLogprobs]]] = field(default_factory=dict)

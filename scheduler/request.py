@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from skipdecode.scheduler.sampling_params import SamplingParams
 from skipdecode.scheduler.skip import DepthSchedule
@@ -28,6 +29,7 @@ class TokenLogprobs:
 
     logprob: float
     top: dict[int, float]  # token id -> logprob, best first
+    rank: int | None = None  # 1 + tokens rated strictly higher; None where not computed
 
 
 @dataclass
@@ -47,11 +49,13 @@ class Request:
     first_scheduled_time: float | None = None  # when it first ran (queue time = this - arrival)
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[TokenLogprobs] = field(default_factory=list)
-    prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # per position
     num_computed_tokens: int = 0  # positions whose KV exists (for every layer they run)
     num_preemptions: int = 0
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+    # Structured output: a Grammar the scheduler advances with each sampled token (None: free).
+    grammar: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.prompt_token_ids:
@@ -75,6 +79,18 @@ class Request:
         if position < self.prompt_len:
             return self.schedule.num_layers
         return self.schedule.depth(position - self.prompt_len)
+
+    def record_prompt_logprobs(self, first_position: int, entries: list[TokenLogprobs]) -> None:
+        """Store the logprobs of prompt positions ``first_position, first_position + 1, ...``.
+
+        Position 0 has no prefix to score it: it holds None. Positions already held are kept: a
+        prompt recomputed after preemption scores them again with the same numbers.
+        """
+        if not self.prompt_logprobs:
+            self.prompt_logprobs.append(None)
+        for position, entry in enumerate(entries, first_position):
+            if position == len(self.prompt_logprobs):
+                self.prompt_logprobs.append(entry)
 
     @property
     def output_depths(self) -> list[int]:

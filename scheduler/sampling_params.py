@@ -2,11 +2,73 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 MAX_LOGPROBS = 20  # the most top-n logprobs a request may ask for (OpenAI's limit)
 GREEDY_TEMPERATURE = 1e-5  # temperatures below this sample greedily (vLLM's threshold too)
+
+
+StructuredKind = Literal["json", "json_object", "regex", "choice", "grammar"]
+STRUCTURED_KINDS: tuple[str, ...] = ("json", "json_object", "regex", "choice", "grammar")
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """A constraint on the generated text, enforced by a grammar that masks the logits.
+
+    ``kind`` says how to read ``spec``: ``json`` (a JSON schema, serialized), ``json_object``
+    (any JSON object; ``spec`` unused), ``regex``, ``choice`` (one of ``choices``) or ``grammar``
+    (a Lark grammar, llguidance's dialect). Build one with the class methods.
+    """
+
+    kind: StructuredKind
+    spec: str = ""
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in STRUCTURED_KINDS:
+            raise ValueError(
+                f"StructuredOutput.kind must be one of {', '.join(STRUCTURED_KINDS)}"
+                f" (got {self.kind!r})"
+            )
+        if not isinstance(self.spec, str):
+            raise ValueError("StructuredOutput.spec must be a string")
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if self.kind == "choice" and (
+            not self.choices or not all(isinstance(c, str) and c for c in self.choices)
+        ):
+            raise ValueError(
+                "StructuredOutput.choices must be a non-empty list of non-empty strings"
+            )
+        if self.kind in ("json", "regex", "grammar") and not self.spec:
+            raise ValueError(f"StructuredOutput.spec must not be empty for kind {self.kind!r}")
+
+    @classmethod
+    def json_schema(cls, schema: dict | str) -> StructuredOutput:
+        """Output that parses as JSON and validates against ``schema``."""
+        return cls("json", schema if isinstance(schema, str) else json.dumps(schema))
+
+    @classmethod
+    def json_object(cls) -> StructuredOutput:
+        return cls("json_object")
+
+    @classmethod
+    def regex(cls, pattern: str) -> StructuredOutput:
+        """Output that matches ``pattern`` as a whole."""
+        return cls("regex", pattern)
+
+    @classmethod
+    def choice(cls, choices: list[str] | tuple[str, ...]) -> StructuredOutput:
+        """Output that is exactly one of ``choices``."""
+        return cls("choice", choices=tuple(choices))
+
+    @classmethod
+    def lark(cls, grammar: str) -> StructuredOutput:
+        """Output that the Lark grammar accepts (llguidance's dialect, start rule ``start``)."""
+        return cls("grammar", grammar)
 
 
 @dataclass(frozen=True)
@@ -17,6 +79,7 @@ class SamplingParams:
     ``logprobs`` asks for the sampled token's logprob plus the top-n alternatives at each step
     (``None``: none).
     ``prompt_logprobs`` does the same for prompt tokens (used by ``echo`` scoring).
+    ``structured_output`` constrains the text to a JSON schema, regex, choice list or grammar.
     """
 
     max_tokens: int = 16
@@ -34,6 +97,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     include_stop_str_in_output: bool = False
+    structured_output: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         # Accept lists for convenience but store tuples, so params stay hashable and immutable.
@@ -72,6 +136,12 @@ class SamplingParams:
                 name,
                 f"must be in [0, {MAX_LOGPROBS}]",
             )
+
+        _check(
+            self.structured_output is None or isinstance(self.structured_output, StructuredOutput),
+            "structured_output",
+            "must be a StructuredOutput",
+        )
 
     @property
     def is_greedy(self) -> bool:

@@ -7,6 +7,7 @@ chunk of one; a long prompt spreads over several steps while decodes go on.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from skipdecode.kv_cache import KVCacheManager
 from skipdecode.scheduler.outputs import RunnerOutput, ScheduledSequence, SchedulerOutput
 from skipdecode.scheduler.request import Request, RequestStatus, TokenLogprobs
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ class Scheduler:
             sampling_params=request.sampling_params,
             prompt_token_ids=request.prompt_token_ids,
             output_token_ids=request.output_token_ids,
+            grammar=request.grammar,
         )
 
     def update(self, scheduled: SchedulerOutput, result: RunnerOutput) -> list[Request]:
@@ -194,10 +198,10 @@ class Scheduler:
             request = self.requests.get(seq.request_id)
             if request is not None:
                 request.num_computed_tokens += len(seq.token_ids)
-        for request_id, chunk in result.prompt_logprobs.items():
+        for request_id, (first_position, entries) in result.prompt_logprobs.items():
             request = self.requests.get(request_id)
             if request is not None:
-                request.prompt_logprobs.extend(TokenLogprobs(lp, top) for lp, top in chunk)
+                request.record_prompt_logprobs(first_position, entries)
         updated = []
         for request_id, token_id, logprobs in zip(
             result.sampled_request_ids, result.sampled_token_ids, result.logprobs
@@ -216,6 +220,8 @@ class Scheduler:
 
     def _stop_status(self, request: Request, token_id: int) -> RequestStatus | None:
         params = request.sampling_params
+        if request.grammar is not None and _grammar_done(request, token_id):
+            return RequestStatus.FINISHED_STOPPED
         if token_id in params.stop_token_ids:
             request.stop_reason = token_id
             return RequestStatus.FINISHED_STOPPED
@@ -226,3 +232,15 @@ class Scheduler:
         if request.num_tokens >= self.config.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None
+
+
+def _grammar_done(request: Request, token_id: int) -> bool:
+    """Advance the request's grammar; True once the grammar allows nothing more (the text is
+    complete, or the grammar failed, which it logs)."""
+    grammar = request.grammar
+    if not grammar.accept(token_id):
+        logger.error(
+            "request %s: grammar rejected token %d: %s", request.request_id, token_id, grammar.error
+        )
+        return True
+    return grammar.is_finished

@@ -8,7 +8,7 @@ import logging
 
 from skipdecode.async_engine import AsyncEngine
 from skipdecode.chat import render_chat
-from skipdecode.scheduler import SkipConfig
+from skipdecode.scheduler import SkipConfig, StructuredOutput
 from skipdecode.scheduler.skip import preset_schedule
 from skipdecode.server.choice_stream import ChoiceSpec, ChoiceStream
 from skipdecode.server.config import ServerConfig
@@ -114,22 +114,46 @@ class EngineClient:
                 raise APIError(400, message, param="prompt")
         return self.tokenize(prompt, add_special_tokens)
 
-    async def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    async def render_chat(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
+    ) -> str:
         """``apply_chat_template``, off the event loop for long conversations."""
         if sum(len(m["content"]) for m in messages) > OFFLOAD_CHARS:
             return await asyncio.to_thread(
-                self.apply_chat_template, messages, add_generation_prompt
+                self.apply_chat_template, messages, add_generation_prompt, tools
             )
-        return self.apply_chat_template(messages, add_generation_prompt)
+        return self.apply_chat_template(messages, add_generation_prompt, tools)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    @property
+    def template_renders_tools(self) -> bool:
+        """Whether the chat template itself lays out ``tools`` (else server/tool_calls.py
+        describes them in a system message)."""
+        return "tools" in (getattr(self.tokenizer, "chat_template", None) or "")
+
+    def apply_chat_template(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
+    ) -> str:
         tokenizer = self.require_tokenizer()
         if not getattr(tokenizer, "chat_template", None):
             raise APIError(400, "this model has no chat template: use /v1/completions")
         try:
-            return render_chat(tokenizer, messages, add_generation_prompt)
+            return render_chat(tokenizer, messages, add_generation_prompt, tools=tools)
         except ValueError as exc:  # the template rejected the conversation (jinja raise_exception)
             raise APIError(400, str(exc), param="messages") from exc
+
+    async def check_constraint(self, constraint: StructuredOutput, field: str) -> None:
+        """Compile ``constraint`` (cached; off the event loop, since the first one builds the
+        grammar engine's view of the vocabulary); 400 naming ``field`` if it cannot be used."""
+        try:
+            await asyncio.to_thread(self.async_engine.engine.grammars.compile, constraint)
+        except ValueError as exc:
+            raise APIError(400, f"{field}: {exc}", param=field) from exc
 
     def decode(self, token_ids: list[int]) -> str:
         return self.require_tokenizer().decode(token_ids)

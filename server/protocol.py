@@ -13,7 +13,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
-from skipdecode.scheduler import SamplingParams, SkipConfig
+from skipdecode.scheduler import SamplingParams, SkipConfig, StructuredOutput
+from skipdecode.server.protocol_structured import (
+    MAX_CHOICES,
+    MAX_TOOLS,
+    ResponseFormat,
+    StructuredOutputsRequest,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    constraint_of,
+)
 
 MAX_N = 64  # choices per request (each is one engine request)
 MAX_NUM_CHOICES = 256  # prompts x n per completion request
@@ -23,7 +33,8 @@ MAX_STOP = 16  # stop strings per request
 MAX_DECAY_TOKENS = 1024
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds (torch takes 64 bits)
 # OpenAI fields that would change the result but are not implemented: refused (400), not ignored.
-UNSUPPORTED_FIELDS = ("best_of", "logit_bias", "suffix", "tools", "functions", "response_format")
+# (``tools`` is a field of chat completions only.)
+UNSUPPORTED_FIELDS = ("best_of", "logit_bias", "suffix", "tools", "functions")
 
 
 def _not_bool_or_text(value: Any) -> Any:
@@ -128,6 +139,16 @@ class SamplingRequest(RequestBody):
     stream_options: StreamOptions | None = None
     user: str | None = None
     skip: SkipRequest | None = None
+    # Structured outputs (server/protocol_structured.py): OpenAI's field and vLLM's.
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: NonEmptyText | None = None
+    guided_choice: (
+        Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_CHOICES)] | None
+    ) = None
+    guided_grammar: NonEmptyText | None = None
+    structured_outputs: StructuredOutputsRequest | None = None
+    prompt_logprobs: NumLogprobs | None = None  # vLLM's: each prompt token's logprob and top-n
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> SamplingRequest:
@@ -136,8 +157,16 @@ class SamplingRequest(RequestBody):
                 raise ValueError(f"{name} is not supported")
         return self
 
+    def output_constraint(self) -> tuple[StructuredOutput, str] | None:
+        """The constraint on the output and the field that set it (ValueError if several)."""
+        return constraint_of(self)
+
     def sampling_params(
-        self, max_tokens: int, logprobs: int | None, choice_index: int
+        self,
+        max_tokens: int,
+        logprobs: int | None,
+        choice_index: int,
+        structured_output: StructuredOutput | None = None,
     ) -> SamplingParams:
         """Params for choice ``choice_index``; a seeded request uses ``seed + choice_index``."""
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -154,6 +183,8 @@ class SamplingRequest(RequestBody):
             stop=tuple(stop),
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            structured_output=structured_output,
+            prompt_logprobs=self.prompt_logprobs,
         )
 
     @property
@@ -189,9 +220,11 @@ class TextPart(StrictModel):
 
 
 class ChatMessage(StrictModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -206,6 +239,9 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: PositiveInt | None = None
     logprobs: bool = False
     top_logprobs: NumLogprobs | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     @property
     def requested_max_tokens(self) -> int | None:

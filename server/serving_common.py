@@ -12,7 +12,9 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from skipdecode.outputs import RequestOutput
+from skipdecode.scheduler import StructuredOutput
 from skipdecode.server.choice_stream import ChoiceSpec, ChoiceStream
+from skipdecode.server.engine_client import EngineClient
 from skipdecode.server.errors import APIError, as_invalid_request, from_engine_error
 from skipdecode.server.protocol import SamplingRequest
 
@@ -31,6 +33,7 @@ def build_specs(
     body: SamplingRequest,
     max_tokens: list[int],
     logprobs: int | None,
+    structured_output: StructuredOutput | None = None,
 ) -> list[ChoiceSpec]:
     """``n`` choices per prompt, indexed prompt-major; choice ``i`` samples with ``seed + i``."""
     specs = []
@@ -38,9 +41,36 @@ def build_specs(
         for i in range(body.n):
             index = prompt_index * body.n + i
             with as_invalid_request():
-                params = body.sampling_params(prompt_max_tokens, logprobs, i)
+                params = body.sampling_params(prompt_max_tokens, logprobs, i, structured_output)
             specs.append(ChoiceSpec(index, prompt_index, prompt_ids, params, f"{base_id}-{index}"))
     return specs
+
+
+async def output_constraint(
+    client: EngineClient,
+    body: SamplingRequest,
+    tool_constraint: StructuredOutput | None = None,
+    tool_schemas: list[tuple[str, StructuredOutput]] = (),
+) -> StructuredOutput | None:
+    """The request's output constraint, compiled once here so that a schema, regex or grammar
+    that cannot be used is a 400 naming its field (not an error per choice later)."""
+    try:
+        found = body.output_constraint()
+    except ValueError as exc:
+        raise APIError(400, str(exc), param=str(exc).split(":")[0]) from exc
+    if found is not None and tool_constraint is not None:
+        raise APIError(
+            400,
+            f"{found[1]} cannot be combined with a required or named tool_choice",
+            param=found[1],
+        )
+    checks = [*tool_schemas, *([] if found is None else [(found[1], found[0])])]
+    for field, constraint in checks:
+        await client.check_constraint(constraint, field)
+    if tool_constraint is not None:
+        await client.check_constraint(tool_constraint, "tools")
+        return tool_constraint
+    return None if found is None else found[0]
 
 
 def check_stream_options(body: SamplingRequest) -> None:

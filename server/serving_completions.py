@@ -1,4 +1,5 @@
-"""POST /v1/completions: JSON or SSE, n choices per prompt, echo, logprobs, skip counters."""
+"""POST /v1/completions: JSON or SSE, n choices per prompt, echo, logprobs (of the echoed prompt
+too), prompt_logprobs, skip counters."""
 
 from __future__ import annotations
 
@@ -12,6 +13,13 @@ from skipdecode.server.choice_stream import ChoiceSpec, ChoiceStream
 from skipdecode.server.engine_client import EngineClient
 from skipdecode.server.errors import APIError
 from skipdecode.server.logprobs import completion_logprobs
+from skipdecode.server.prompt_logprobs import (
+    check_prompt_logprobs,
+    echo_logprobs,
+    join_logprobs,
+    vllm_prompt_logprobs,
+    with_echo_logprobs,
+)
 from skipdecode.server.protocol import MAX_NUM_CHOICES, CompletionRequest
 from skipdecode.server.serving_common import (
     build_specs,
@@ -19,6 +27,7 @@ from skipdecode.server.serving_common import (
     collect,
     new_id,
     now,
+    output_constraint,
     sse_response,
     usage,
 )
@@ -29,9 +38,7 @@ async def create_completion(
 ) -> Response:
     client.check_model(body.model)
     check_stream_options(body)
-    if body.echo and body.logprobs is not None:
-        # Prompt logprobs need a scoring pass the engine does not run yet; no fake numbers.
-        raise APIError(400, "echo with logprobs is not supported yet", param="echo")
+    check_prompt_logprobs(body)
     prompts = body.prompts()
     if not prompts or any(len(p) == 0 for p in prompts):
         raise APIError(400, "prompt must not be empty", param="prompt")
@@ -41,8 +48,10 @@ async def create_completion(
     prompts_ids = await client.tokenize_prompts(prompts)
     max_tokens = [client.default_max_tokens(body.max_tokens, len(ids)) for ids in prompts_ids]
     skip = client.skip_config(body.skip)
+    constraint = await output_constraint(client, body)
     response_id = new_id("cmpl")
-    specs = build_specs(response_id, prompts_ids, body, max_tokens, body.logprobs)
+    specs = build_specs(response_id, prompts_ids, body, max_tokens, body.logprobs, constraint)
+    specs = with_echo_logprobs(specs, body)
     echoes = [_echo_text(client, p) if body.echo else "" for p in prompts]
     stream = await client.open(specs, skip)
     meta = {"id": response_id, "created": now(), "model": body.model or client.config.model_name}
@@ -50,7 +59,7 @@ async def create_completion(
         return sse_response(_chunks(client, body, stream, echoes, meta), stream.aclose)
     outputs = await collect(stream, request)
     choices = [
-        _choice(client, spec, output, echoes[spec.prompt_index], body.logprobs is not None)
+        _choice(client, body, spec, output, echoes[spec.prompt_index])
         for spec, output in zip(specs, outputs)
     ]
     return JSONResponse(
@@ -63,18 +72,33 @@ def _echo_text(client: EngineClient, prompt: str | list[int]) -> str:
 
 
 def _choice(
-    client: EngineClient, spec: ChoiceSpec, output: RequestOutput, echo: str, with_logprobs: bool
+    client: EngineClient,
+    body: CompletionRequest,
+    spec: ChoiceSpec,
+    output: RequestOutput,
+    echo: str,
 ) -> dict:
     logprobs = None
-    if with_logprobs:
-        logprobs = completion_logprobs(client.tokenizer, output.token_ids, output.logprobs or [], 0)
-    return {
+    if body.logprobs is not None:
+        # The generated tokens' offsets start where the echoed prompt ends.
+        logprobs = completion_logprobs(
+            client.tokenizer, output.token_ids, output.logprobs or [], len(echo)
+        )
+        if body.echo:
+            prompt = echo_logprobs(client.tokenizer, output, body.logprobs)
+            logprobs = join_logprobs(prompt, logprobs)
+    choice = {
         "index": spec.index,
         "text": echo + output.text,
         "logprobs": logprobs,
         "finish_reason": output.finish_reason,
         "stop_reason": output.stop_reason,
     }
+    if body.prompt_logprobs is not None:
+        choice["prompt_logprobs"] = vllm_prompt_logprobs(
+            client.tokenizer, output, body.prompt_logprobs
+        )
+    return choice
 
 
 async def _chunks(
@@ -93,18 +117,23 @@ async def _chunks(
     try:
         async for index, output in stream:
             text = output.text[sent_chars[index] :]
-            if body.echo and index not in echoed:
+            echo = echoes[specs[index].prompt_index]  # "" without echo
+            is_echoed_now = body.echo and index not in echoed
+            if is_echoed_now:
                 echoed.add(index)
-                text = echoes[specs[index].prompt_index] + text
+                text = echo + text
             logprobs = None
             if body.logprobs is not None:
-                start, offset = sent_tokens[index], sent_chars[index]
+                start, offset = sent_tokens[index], len(echo) + sent_chars[index]
                 logprobs = completion_logprobs(
                     client.tokenizer,
                     output.token_ids[start:],
                     (output.logprobs or [])[start:],
                     offset,
                 )
+                if is_echoed_now:  # the first chunk: the prompt's logprobs come first
+                    prompt = echo_logprobs(client.tokenizer, output, body.logprobs)
+                    logprobs = join_logprobs(prompt, logprobs)
                 sent_tokens[index] = len(output.logprobs or [])
             sent_chars[index] = len(output.text)
             if output.finished:

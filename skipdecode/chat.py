@@ -14,10 +14,12 @@ def render_chat(
     messages: Sequence[dict],
     add_generation_prompt: bool = True,
     chat_template: str | None = None,
+    tools: list[dict] | None = None,
 ) -> str:
     """The prompt text of ``messages`` ({"role", "content"} dicts) under the tokenizer's chat
     template, or ``chat_template`` when given. ValueError if there is no template or the
-    template rejects the conversation (jinja ``raise_exception``)."""
+    template rejects the conversation (jinja ``raise_exception``). ``tools`` (OpenAI tool dicts)
+    go to templates that lay them out."""
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise ValueError("this model has no chat template")
     try:
@@ -26,6 +28,7 @@ def render_chat(
             add_generation_prompt=add_generation_prompt,
             tokenize=False,
             chat_template=chat_template,
+            **({"tools": tools} if tools else {}),
         )
     except Exception as exc:
         raise ValueError(f"chat template error: {exc}") from exc

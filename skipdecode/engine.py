@@ -23,6 +23,7 @@ from skipdecode.scheduler import (
     SkipConfig,
 )
 from skipdecode.stats import StepStats
+from skipdecode.structured_output import GrammarCompiler
 
 logger = logging.getLogger(__name__)
 GIB = 1 << 30
@@ -57,6 +58,7 @@ class Engine:
         self.eos_token_ids = loaded.eos_token_ids
         self._detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._ids = itertools.count()
+        self.grammars = GrammarCompiler(self.tokenizer, self.runner.vocab_size)
         self.resolve_skip(config.skip)  # a bad default fails at start-up, not per request
 
     def _num_blocks(self, loaded: LoadedModel) -> int:
@@ -113,6 +115,9 @@ class Engine:
             eos_token_ids=self.eos_token_ids,
         )
         self.scheduler.check_request(request)
+        constraint = request.sampling_params.structured_output
+        if constraint is not None:
+            request.grammar = self.grammars.grammar(constraint)
         return request
 
     def add(self, request: Request) -> None:

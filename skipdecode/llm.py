@@ -90,6 +90,9 @@ class LLM:
         """Run every prompt to completion; outputs come back in prompt order.
 
         ``sampling_params`` and ``skip`` may be one value for all prompts or one per prompt.
+        With ``SamplingParams(prompt_logprobs=n)`` an output's ``prompt_logprobs`` holds, per
+        prompt token, its logprob given the tokens before it, its rank and the top-n (None for
+        the first token); prompt tokens run every layer, so these do not depend on ``skip``.
         """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]

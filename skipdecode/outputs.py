@@ -28,6 +28,9 @@ class RequestOutput:
     stop_reason: int | str | None  # the stop token id or stop string that ended the request
     logprobs: list[TokenLogprobs] | None
     theoretical_speedup: float  # L * N / sum(depths)
+    # Per prompt position when asked (SamplingParams.prompt_logprobs), else None: the logprob of
+    # the prompt token given the tokens before it; position 0 has none (None).
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -62,4 +65,7 @@ def snapshot(request: Request, text: str, new_token_ids: list[int]) -> RequestOu
         stop_reason=request.stop_reason,
         logprobs=list(request.output_logprobs) if params.logprobs is not None else None,
         theoretical_speedup=request.theoretical_speedup,
+        prompt_logprobs=(
+            list(request.prompt_logprobs) if params.prompt_logprobs is not None else None
+        ),
     )

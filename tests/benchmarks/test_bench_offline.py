@@ -145,3 +145,19 @@ def test_hf_generate(tiny_llama_dir, tmp_path):
     assert row["num_output_tokens"] == row["num_output_tokens_expected"] == 3 * 5
     assert row["total_tokens_per_s"] > row["output_tokens_per_s"] > 0
     assert row["dtype"] == "float32"
+
+
+def test_structured_cost(tiny_llama_dir, tmp_path):
+    payload = run_cli(
+        "bench", "structured", "--model", str(tiny_llama_dir), "--dtype", "float32",
+        "--num-prompts", "3", "--input-len", "8", "--output-len", "12", "--repeats", "2",
+        "--speedups", "1,2", "--output-json", str(tmp_path / "structured.json"),
+    )  # fmt: skip
+    assert payload["benchmark"] == "structured"
+    assert [row["label"] for row in payload["results"]] == ["1x", "2x"]
+    for row in payload["results"]:
+        assert len(row["runs"]["free"]) == len(row["runs"]["constrained"]) == 2
+        assert row["ratio"] == pytest.approx(
+            row["constrained_tokens_per_s"] / row["free_tokens_per_s"]
+        )
+        assert row["num_requests"] == 3

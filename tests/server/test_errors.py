@@ -86,7 +86,6 @@ COMPLETION_ERRORS = [
     ({"prompt": []}, "prompt"),
     ({"prompt": [VOCAB]}, "prompt"),  # token ids outside the vocabulary
     ({"prompt": [[1, 2], [-1]]}, "prompt"),
-    ({"echo": True, "logprobs": 1}, "echo"),  # no prompt logprobs yet: no fake numbers
     ({"stream_options": {"include_usage": True}}, "stream_options"),
     ({"skip": "fast"}, "skip"),
     ({"skip": {"speedup": 0.5}}, "skip.speedup"),
