@@ -120,3 +120,14 @@ def client(server) -> openai.OpenAI:
 def http(server):
     with server.http() as http_client:
         yield http_client
+
+
+@pytest.fixture(scope="session")
+def default_model_server():
+    """One server on the default model (SmolLM2 with its shipped adapter, no --model), shared
+    by the test modules that need the real model: it takes ~20 s to start."""
+    proc = ServerProcess(["--kv-cache-memory", "0.5", "--log-level", "warning"], api_key=None)
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.stop()

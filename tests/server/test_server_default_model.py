@@ -4,7 +4,6 @@ equals the non-streamed text."""
 from __future__ import annotations
 
 import pytest
-from conftest import ServerProcess
 
 pytestmark = pytest.mark.slow
 # "Answer in one sentence." gives the greedy answer a clear margin (>= 1.4 nats at every one of its
@@ -14,12 +13,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 
 
 @pytest.fixture(scope="module")
-def default_server():
-    proc = ServerProcess(["--kv-cache-memory", "0.25", "--log-level", "warning"], api_key=None)
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+def default_server(default_model_server):
+    return default_model_server
 
 
 class TestDefaultModel:

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import jsonschema
 import pydantic
 import pytest
-from conftest import ServerProcess
 from structured_schemas import SCHEMAS
 
 pytestmark = pytest.mark.slow
@@ -45,12 +44,8 @@ ASK = [{"role": "user", "content": "What is the weather in Paris right now?"}]
 
 
 @pytest.fixture(scope="module")
-def server():
-    proc = ServerProcess(["--kv-cache-memory", "0.5", "--log-level", "warning"], api_key=None)
-    try:
-        yield proc.wait_ready()
-    finally:
-        proc.stop()
+def server(default_model_server):
+    return default_model_server
 
 
 def _stream_text(stream) -> tuple[str, str | None]:
@@ -62,13 +57,16 @@ def _stream_text(stream) -> tuple[str, str | None]:
     return text, finish
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
-@pytest.mark.parametrize("speedup", [1, 2])
-def test_twenty_schemas_sampled_always_validate(server, speedup, stream):
+MODES = [(speedup, stream) for speedup in (1, 2) for stream in (False, True)]
+
+
+def test_twenty_schemas_sampled_always_validate(server):
+    """Every schema at 1x and 2x, streamed and not, sampled at temperature 1: 80 requests at
+    once (the engine batches them), each with its own seed."""
     client = server.openai_client()
 
-    def ask(item: tuple[int, tuple[str, dict]]) -> tuple[str, str, str | None]:
-        index, (name, schema) = item
+    def ask(case: tuple[int, int, bool, str, dict]) -> tuple[str, str | None]:
+        seed, speedup, stream, name, schema = case
         kwargs = dict(
             model=MODEL,
             messages=[{"role": "user", "content": f"Give an example of a {name} as JSON."}],
@@ -77,21 +75,24 @@ def test_twenty_schemas_sampled_always_validate(server, speedup, stream):
                 "json_schema": {"name": name, "schema": schema},
             },
             temperature=1.0,
-            seed=index,
+            seed=seed,
             max_tokens=400,
             extra_body={"skip": {"speedup": speedup}},
         )
         if stream:
-            text, finish = _stream_text(client.chat.completions.create(stream=True, **kwargs))
-        else:
-            choice = client.chat.completions.create(**kwargs).choices[0]
-            text, finish = choice.message.content, choice.finish_reason
-        return name, text, finish
+            return _stream_text(client.chat.completions.create(stream=True, **kwargs))
+        choice = client.chat.completions.create(**kwargs).choices[0]
+        return choice.message.content, choice.finish_reason
 
-    with ThreadPoolExecutor(len(SCHEMAS)) as pool:
-        results = list(pool.map(ask, enumerate(SCHEMAS)))
-    for (name, text, finish), (_, schema) in zip(results, SCHEMAS):
-        assert finish == "stop", (name, text)
+    cases = [
+        (seed, speedup, stream, name, schema)
+        for seed, (name, schema) in enumerate(SCHEMAS)
+        for speedup, stream in MODES
+    ]
+    with ThreadPoolExecutor(len(cases)) as pool:
+        results = list(pool.map(ask, cases))
+    for (_, speedup, stream, name, schema), (text, finish) in zip(cases, results):
+        assert finish == "stop", (name, speedup, stream, text)
         jsonschema.validate(json.loads(text), schema)
 
 
