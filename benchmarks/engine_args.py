@@ -26,9 +26,11 @@ def add_engine_args(parser: argparse.ArgumentParser, max_num_seqs: int = 64) -> 
         "--kv-cache-memory", type=float, default=1.0, help="KV pool size in GiB (CPU)"
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
-    from skipdecode.cli_args import add_adapter_args  # here: keeps the module import light
+    # Here: keeps the module import light.
+    from skipdecode.cli_args import add_adapter_args, add_quantization_args
 
     add_adapter_args(group)
+    add_quantization_args(group)
 
 
 def add_speedups_arg(parser: argparse.ArgumentParser, default: str = "1,2,3") -> None:
@@ -44,12 +46,16 @@ def add_speedups_arg(parser: argparse.ArgumentParser, default: str = "1,2,3") ->
 def model_config(args: argparse.Namespace):
     """The ModelConfig the flags describe."""
     from skipdecode.config import ModelConfig
+    from skipdecode.model_runner.quant import DEFAULT_GROUP_SIZE
 
     return ModelConfig(
         model=args.model,
         dtype=args.dtype,
         device=args.device,
-        adapter=getattr(args, "adapter", "auto"),  # Namespaces built by hand lack it
+        # Namespaces built by hand may lack these.
+        adapter=getattr(args, "adapter", "auto"),
+        quantization=getattr(args, "quantization", "auto"),
+        quantization_group_size=getattr(args, "quantization_group_size", DEFAULT_GROUP_SIZE),
     )
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from skipdecode.model_runner.quant import QuantizedWeight
+
 
 class PackedLinear(nn.Linear):
     """An ``nn.Linear`` that multiplies with a oneDNN-reordered copy of its weight."""
@@ -53,15 +55,21 @@ def can_pack(model: nn.Module) -> bool:
 FUSIONS = (("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj")))
 
 
-def fuse_projections(model: nn.Module) -> int:
+def fuse_projections(model: nn.Module, stored: dict[str, QuantizedWeight] | None = None) -> int:
     """Concatenate projections that read the same input into one ``nn.Linear`` each.
 
     Fewer, wider matmuls: at decode batch sizes each linear call has a fixed cost (dispatch,
     oneDNN primitive, a parallel region) that is a large part of its time. Returns how many
     fused linears were made; the originals are removed.
+
+    ``stored`` (see quant_linear.quantize_model) holds weights kept quantized, by name: parts
+    stored alike are fused by stacking their codes (the fused linear's float weight is left
+    unset, as theirs was); a mix of stored and float parts is left unfused.
     """
+    stored = {} if stored is None else stored
     count = 0
-    for module in list(model.modules()):
+    for path, module in list(model.named_modules()):
+        prefix = f"{path}." if path else ""
         for fused_name, part_names in FUSIONS:
             parts = [getattr(module, name, None) for name in part_names]
             if getattr(module, fused_name, False) is not None or not all(
@@ -71,6 +79,12 @@ def fuse_projections(model: nn.Module) -> int:
             has_bias = {p.bias is not None for p in parts}
             if len(has_bias) > 1 or len({p.in_features for p in parts}) > 1:
                 continue
+            part_keys = [f"{prefix}{name}.weight" for name in part_names]
+            quantized = [stored[key] for key in part_keys if key in stored]
+            if quantized and not (
+                len(quantized) == len(parts) and QuantizedWeight.can_cat(quantized)
+            ):
+                continue
             weight = torch.cat([p.weight.detach() for p in parts])
             fused = nn.Linear(parts[0].in_features, weight.shape[0], bias=has_bias.pop())
             fused = fused.to(device=weight.device, dtype=weight.dtype)
@@ -78,8 +92,11 @@ def fuse_projections(model: nn.Module) -> int:
             if fused.bias is not None:
                 fused.bias = nn.Parameter(torch.cat([p.bias.detach() for p in parts]), False)
             setattr(module, fused_name, fused)
-            for name in part_names:
+            for name, key in zip(part_names, part_keys):
                 delattr(module, name)
+                stored.pop(key, None)
+            if quantized:
+                stored[f"{prefix}{fused_name}.weight"] = QuantizedWeight.cat(quantized)
             count += 1
     return count
 

@@ -16,6 +16,9 @@ import gguf
 import numpy as np
 import torch
 
+from skipdecode.model_runner.gguf_quant import is_block_tensor, read_blocks
+from skipdecode.model_runner.quant import QuantizedWeight
+
 # Architectures whose tensors map onto LlamaForCausalLM-style names, and whether llama.cpp's
 # converter permuted their q/k rows. Qwen2 uses NeoX-style rotary in llama.cpp, so its converter
 # writes q/k unchanged (transformers' own GGUF loader only un-permutes for "llama" too).
@@ -125,11 +128,15 @@ def _head_counts(path: str, reader: gguf.GGUFReader, arch: str) -> tuple[int, in
     return num_heads, num_kv_heads if isinstance(num_kv_heads, int) else num_heads
 
 
-def iter_gguf_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_gguf_weights(
+    path: str, keep_blocks: bool = False
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
     """(hf_name, float32 tensor) for every weight in the GGUF file at `path`.
 
     The file and its architecture are checked now; tensors are dequantized one at a time during
-    iteration, so peak memory stays near one tensor plus the memory-mapped file.
+    iteration, so peak memory stays near one tensor plus the memory-mapped file. With
+    `keep_blocks`, 2-D Q4_0/Q4_1/Q8_0 tensors come as a QuantizedWeight of their blocks instead
+    (gguf_quant.py), not dequantized.
     """
     reader = open_gguf(path)
     arch = read_metadata(reader, "general.architecture")
@@ -137,20 +144,34 @@ def iter_gguf_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
         supported = ", ".join(SUPPORTED_ARCHITECTURES)
         raise ValueError(f"{path}: unsupported GGUF architecture {arch!r} (supported: {supported})")
     num_heads, num_kv_heads = _head_counts(path, reader, arch)
-    return _read_tensors(path, reader, SUPPORTED_ARCHITECTURES[arch], num_heads, num_kv_heads)
+    is_permuted = SUPPORTED_ARCHITECTURES[arch]
+    return _read_tensors(path, reader, is_permuted, num_heads, num_kv_heads, keep_blocks)
 
 
 def _read_tensors(
-    path: str, reader: gguf.GGUFReader, is_permuted: bool, num_heads: int, num_kv_heads: int
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield the mapped, dequantized and (if `is_permuted`) un-permuted tensors of `reader`."""
+    path: str,
+    reader: gguf.GGUFReader,
+    is_permuted: bool,
+    num_heads: int,
+    num_kv_heads: int,
+    keep_blocks: bool,
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+    """Yield the mapped, dequantized (or block) and (if `is_permuted`) un-permuted tensors."""
     for tensor in reader.tensors:
         hf_name = gguf_to_hf_name(tensor.name)
         if hf_name is None:
             continue
-        weight = torch.from_numpy(_dequantize(path, tensor))
+        if keep_blocks and is_block_tensor(tensor):
+            weight = read_blocks(tensor)
+        else:
+            weight = torch.from_numpy(_dequantize(path, tensor))
+        heads = None
         if is_permuted and ".self_attn.q_proj." in hf_name:
-            weight = unpermute_rotary_rows(weight, num_heads)
+            heads = num_heads
         elif is_permuted and ".self_attn.k_proj." in hf_name:
-            weight = unpermute_rotary_rows(weight, num_kv_heads)
+            heads = num_kv_heads
+        if heads is not None and isinstance(weight, QuantizedWeight):
+            weight = weight.rows(lambda t, heads=heads: unpermute_rotary_rows(t, heads))
+        elif heads is not None:
+            weight = unpermute_rotary_rows(weight, heads)
         yield hf_name, weight

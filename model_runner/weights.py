@@ -21,6 +21,7 @@ import transformers
 from safetensors import safe_open
 
 from skipdecode.model_runner.gguf_loader import iter_gguf_weights, open_gguf
+from skipdecode.model_runner.quant import QuantizedWeight
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +166,17 @@ def _read_safetensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, reader.get_tensor(name)
 
 
-def iter_weights(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_weights(
+    path: str, keep_blocks: bool = False
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
     """Yield (hf_parameter_name, tensor) for every tensor in the checkpoint at `path`.
 
     Names follow Hugging Face (`model.layers.0.self_attn.q_proj.weight`). Safetensors tensors
-    keep their stored dtype; GGUF tensors are dequantized to float32 and their q/k rows restored
-    to Hugging Face order. A checkpoint with tied embeddings has no `lm_head.weight`.
+    keep their stored dtype; GGUF tensors are dequantized to float32 (with `keep_blocks`, Q4_0,
+    Q4_1 and Q8_0 weights come as a QuantizedWeight of their blocks) and their q/k rows
+    restored to Hugging Face order. A checkpoint with tied embeddings has no `lm_head.weight`.
     Path and file-format errors are raised by this call, before iteration starts.
     """
     if _check_model_path(path):
         return _iter_safetensors(path)
-    return iter_gguf_weights(path)
+    return iter_gguf_weights(path, keep_blocks)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from skipdecode.config import CacheConfig, EngineConfig, ModelConfig
+from skipdecode.config import QUANTIZATIONS, CacheConfig, EngineConfig, ModelConfig
+from skipdecode.model_runner.quant import DEFAULT_GROUP_SIZE, INT4_GROUP_SIZES
 from skipdecode.scheduler import SamplingParams, SchedulerConfig, SkipConfig
 from skipdecode.server.config import ServerConfig
 
@@ -41,6 +42,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="fraction of free GPU memory for the KV pool (CUDA)",
     )
     add_adapter_args(group)
+    add_quantization_args(group)
     add_skip_args(parser)
 
 
@@ -62,6 +64,26 @@ def add_adapter_args(group: argparse._ActionsContainer) -> None:
         const="none",
         default="auto",
         help="load the plain model, without any adapter",
+    )
+
+
+def add_quantization_args(group: argparse._ActionsContainer) -> None:
+    """``--quantization`` and ``--quantization-group-size`` (ModelConfig's fields)."""
+    group.add_argument(
+        "--quantization",
+        default="auto",
+        choices=QUANTIZATIONS,
+        help="weight-only quantization of every linear and the LM head, on CPU: int8 (one"
+        " scale per output channel), int4 (groups of --quantization-group-size), none (float);"
+        " auto (default): a GGUF file's Q4_0/Q4_1/Q8_0 tensors served as stored when running"
+        " in bf16 on CPU (the kernels' vectorized path), else none",
+    )
+    group.add_argument(
+        "--quantization-group-size",
+        type=int,
+        default=DEFAULT_GROUP_SIZE,
+        choices=INT4_GROUP_SIZES,
+        help=f"int4: input columns per scale and zero (default {DEFAULT_GROUP_SIZE})",
     )
 
 
@@ -192,6 +214,8 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
             device=args.device,
             max_model_len=args.max_model_len,
             adapter=args.adapter,
+            quantization=args.quantization,
+            quantization_group_size=args.quantization_group_size,
         ),
         cache=CacheConfig(
             block_size=args.block_size,

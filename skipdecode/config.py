@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from skipdecode.model_runner.quant import DEFAULT_GROUP_SIZE, INT4_GROUP_SIZES
 from skipdecode.scheduler import SchedulerConfig, SkipConfig
 
 _DTYPES = {
@@ -18,6 +19,7 @@ _DTYPES = {
     "fp32": torch.float32,
     "float": torch.float32,
 }
+QUANTIZATIONS = ("auto", "none", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,13 @@ class ModelConfig:
     (model_runner/adapter.py). ``"auto"`` is the adapter shipped for the default model, when
     ``model`` is None and the package holds one marked to serve by default; ``"shipped"`` is
     that adapter whatever its mark; ``None`` or ``"none"`` is the plain model.
+
+    ``quantization``: weight-only quantization of every linear and the LM head, on CPU
+    (model_runner/quant_linear.py). ``"int8"``: one scale per output channel; ``"int4"``: a
+    scale and a zero per ``quantization_group_size`` input columns (32, 64, 128 or 256).
+    ``"auto"`` serves a GGUF file's Q4_0/Q4_1/Q8_0 tensors as stored (int4 and group-wise int8
+    kernels) when the model runs in bf16 on CPU, and float otherwise (loading.py:
+    resolve_quantization); ``"none"`` is float throughout.
     """
 
     model: str | None = None
@@ -42,6 +51,8 @@ class ModelConfig:
     load_format: str = "auto"  # "dummy": random weights from config.json alone (benchmarks)
     skip_tokenizer_init: bool = False  # no tokenizer: prompts are token ids, outputs ids only
     adapter: str | None = "auto"
+    quantization: str = "auto"
+    quantization_group_size: int = DEFAULT_GROUP_SIZE  # int4 only
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in _DTYPES:
@@ -62,6 +73,25 @@ class ModelConfig:
             raise ValueError("ModelConfig.adapter cannot be merged into dummy (random) weights")
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"ModelConfig.max_model_len must be >= 2 (got {self.max_model_len})")
+        self._check_quantization()
+
+    def _check_quantization(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"ModelConfig.quantization must be one of {', '.join(QUANTIZATIONS)}"
+                f" (got {self.quantization!r})"
+            )
+        if self.quantization_group_size not in INT4_GROUP_SIZES:
+            raise ValueError(
+                "ModelConfig.quantization_group_size must be one of"
+                f" {', '.join(map(str, INT4_GROUP_SIZES))} (got {self.quantization_group_size!r})"
+            )
+        if self.quantization in ("int8", "int4") and self.torch_device.type != "cpu":
+            raise ValueError(
+                f"ModelConfig.quantization={self.quantization!r} runs on CPU only (PyTorch's CPU"
+                " weight-only kernels); use quantization='none' on"
+                f" {self.torch_device.type}"
+            )
 
     @property
     def torch_device(self) -> torch.device:

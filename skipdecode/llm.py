@@ -8,6 +8,7 @@ from skipdecode.chat import chat_prompt_ids, check_conversation, render_chat
 from skipdecode.config import CacheConfig, EngineConfig, ModelConfig
 from skipdecode.engine import Engine
 from skipdecode.loading import load_model
+from skipdecode.model_runner.quant import DEFAULT_GROUP_SIZE
 from skipdecode.outputs import RequestOutput
 from skipdecode.scheduler import SamplingParams, SchedulerConfig, SkipConfig
 
@@ -22,7 +23,9 @@ class LLM:
     shipped for it, when the package holds one (``adapter_path`` says which was merged;
     ``adapter=None`` loads the plain model). Keyword arguments map onto the engine configs;
     ``skip`` is the default schedule for prompts that bring none (else the adapter's or the
-    checkpoint's skip_schedule.json, see ``default_skip``).
+    checkpoint's skip_schedule.json, see ``default_skip``). ``quantization`` ("auto", "none",
+    "int8", "int4") is ModelConfig's: "auto" serves a GGUF file's 4- and 8-bit blocks as
+    stored in bf16 on CPU (the ``quantization`` property says what was chosen).
     """
 
     def __init__(
@@ -40,6 +43,8 @@ class LLM:
         num_kv_blocks: int | None = None,
         load_format: str = "auto",
         adapter: str | None = "auto",
+        quantization: str = "auto",
+        quantization_group_size: int = DEFAULT_GROUP_SIZE,
     ) -> None:
         model_config = ModelConfig(
             model=model,
@@ -48,6 +53,8 @@ class LLM:
             max_model_len=max_model_len,
             load_format=load_format,
             adapter=adapter,
+            quantization=quantization,
+            quantization_group_size=quantization_group_size,
         )
         engine_config = EngineConfig(
             model=model_config,
@@ -64,6 +71,7 @@ class LLM:
         # Loaded here rather than by the Engine so the adapter actually merged can be reported.
         loaded = load_model(model_config)
         self._adapter_path = loaded.adapter_path
+        self._quantization = loaded.quantization
         self.engine = Engine(engine_config, loaded)
 
     @property
@@ -74,6 +82,12 @@ class LLM:
     def adapter_path(self) -> str | None:
         """The LoRA adapter directory merged into the weights, or None for the plain model."""
         return self._adapter_path
+
+    @property
+    def quantization(self) -> str:
+        """How the weights are served: none, int8, int4 or gguf (a GGUF file's Q4_0/Q4_1/Q8_0
+        blocks as stored); ``quantization="auto"`` resolved for the loaded model."""
+        return self._quantization
 
     @property
     def default_skip(self) -> SkipConfig | None:

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from skipdecode.checkpoint_schedule import read_skip_schedule
@@ -36,6 +37,7 @@ class LoadedModel:
     eos_token_ids: frozenset[int]
     default_skip: SkipConfig | None = None  # skip_schedule.json's default, if any
     adapter_path: str | None = None  # the LoRA adapter merged into the weights, if any
+    quantization: str = "none"  # resolved: none | int8 | int4 | gguf (blocks as stored)
 
 
 def resolve_adapter(config: ModelConfig) -> str | None:
@@ -60,6 +62,33 @@ def resolve_adapter(config: ModelConfig) -> str | None:
     return config.adapter
 
 
+def resolve_quantization(config: ModelConfig, path: str, adapter: Adapter | None) -> str:
+    """What ``config.quantization`` means for the model at ``path``: none, int8, int4 or gguf.
+
+    ``"auto"`` is ``"gguf"`` (Q4_0/Q4_1/Q8_0 blocks served as stored) for a GGUF file whose
+    weights are served as they are (real weights, no adapter merged into them) on CPU in bf16,
+    the activation dtype PyTorch's weight-only kernels are vectorized for. Anything else (a
+    safetensors directory, CUDA, fp32 or fp16, random weights, a merged adapter) is ``"none"``.
+    """
+    if config.quantization != "auto":
+        return config.quantization
+    is_merged = adapter is not None and adapter.apply_to == "all"
+    is_as_stored = os.path.isfile(path) and config.load_format != "dummy" and not is_merged
+    is_fast = config.torch_device.type == "cpu" and config.torch_dtype == torch.bfloat16
+    return "gguf" if is_as_stored and is_fast else "none"
+
+
+def _warn_if_scalar(quantization: str, dtype: torch.dtype) -> None:
+    if quantization != "none" and dtype != torch.bfloat16:
+        logger.warning(
+            "quantization %s with %s activations: PyTorch's weight-only CPU kernels are"
+            " vectorized for bfloat16 only and run a scalar loop here, many times slower than"
+            " a float matmul (saves memory, not time); --dtype bfloat16 takes the fast path",
+            quantization,
+            str(dtype).removeprefix("torch."),
+        )
+
+
 def load_model(config: ModelConfig) -> LoadedModel:
     """Resolve the path, then load config, tokenizer, adapter and weights onto the device."""
     path = resolve_model_path(config.model)
@@ -73,8 +102,16 @@ def load_model(config: ModelConfig) -> LoadedModel:
     if adapter_path is not None:
         default_skip = read_skip_schedule(adapter_path, hf_config.num_hidden_layers) or default_skip
     weights_path = None if config.load_format == "dummy" else path
+    quantization = resolve_quantization(config, path, adapter)
+    _warn_if_scalar(quantization, config.torch_dtype)
     model = build_model(
-        hf_config, weights_path, config.torch_dtype, config.torch_device, adapter=adapter
+        hf_config,
+        weights_path,
+        config.torch_dtype,
+        config.torch_device,
+        adapter=adapter,
+        quantization=quantization,
+        group_size=config.quantization_group_size,
     )
     return LoadedModel(
         model=model,
@@ -85,6 +122,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         eos_token_ids=eos_token_ids(hf_config, tokenizer),
         default_skip=default_skip,
         adapter_path=adapter_path,
+        quantization=quantization,
     )
 
 

@@ -188,6 +188,6 @@ def test_default_model_gets_the_shipped_adapter_and_its_schedule(tmp_path, monke
     expected = base.double() + 0.5 * b.double() @ a.double()
     merged = dict(loaded.model.named_parameters())[f"{name}.weight"]
     torch.testing.assert_close(merged.double(), expected, rtol=0, atol=1e-5)
-    plain = load_model(ModelConfig(dtype="float32", adapter=None))
+    plain = load_model(ModelConfig(dtype="float32", adapter=None, quantization="none"))
     assert plain.adapter_path is None and plain.default_skip is None
     assert torch.equal(dict(plain.model.named_parameters())[f"{name}.weight"], base)

@@ -32,8 +32,9 @@ def hf_model():
 
 @pytest.fixture(scope="module")
 def llm():
-    # The plain GGUF (no skip-aware adapter): what transformers' own GGUF loading gives.
-    return LLM(dtype="float32", num_kv_blocks=2048, adapter=None)
+    # The plain GGUF (no skip-aware adapter) dequantized to float: what transformers' own
+    # GGUF loading gives.
+    return LLM(dtype="float32", num_kv_blocks=2048, adapter=None, quantization="none")
 
 
 def test_greedy_equals_transformers_generate(hf_model, llm):
