@@ -16,6 +16,7 @@ import llguidance
 import torch
 
 _BITS = 32
+_BIT_VALUES = torch.tensor([1 << b for b in range(_BITS)], dtype=torch.int64)  # bit b of a word
 
 
 def bitmask_width(vocab_size: int) -> int:
@@ -55,7 +56,6 @@ class GrammarMasker:
         self.vocab_size = vocab_size
         self._pool: ThreadPoolExecutor | None = None
         self._executor: Any = None
-        self._bit_values: torch.Tensor | None = None
 
     def start(self, grammars: list) -> MaskJob:
         """Begin filling one bitmask row per grammar (in order)."""
@@ -66,25 +66,16 @@ class GrammarMasker:
 
     def apply(self, logits: torch.Tensor, rows: torch.Tensor, bitmask: torch.Tensor) -> None:
         """Set to ``-inf`` (in place) the logits of ``rows`` whose token the bitmask forbids."""
-        allowed = unpack_bitmask(bitmask, logits.shape[1], self._bits(bitmask.device))
+        allowed = unpack_bitmask(bitmask, logits.shape[1])
         masked = logits[rows].masked_fill(~allowed.to(logits.device), float("-inf"))
         logits[rows] = masked
 
-    def _bits(self, device: torch.device) -> torch.Tensor:
-        if self._bit_values is None:
-            self._bit_values = torch.tensor([1 << b for b in range(_BITS)], dtype=torch.int64)
-        return self._bit_values.to(device)
 
-
-def unpack_bitmask(
-    bitmask: torch.Tensor, vocab_size: int, bit_values: torch.Tensor | None = None
-) -> torch.Tensor:
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``[rows, vocab_size]`` bool: token ``t`` is allowed where bit ``t % 32`` of word
     ``t // 32`` is set (llguidance's layout). Tokens past the bitmask's words are forbidden."""
-    if bit_values is None:
-        bit_values = torch.tensor([1 << b for b in range(_BITS)], dtype=torch.int64)
     words = bitmask.to(torch.int64) & 0xFFFFFFFF  # [rows, W], as unsigned
-    bits = (words.unsqueeze(-1) & bit_values) != 0  # [rows, W, 32]
+    bits = (words.unsqueeze(-1) & _BIT_VALUES.to(bitmask.device)) != 0  # [rows, W, 32]
     allowed = bits.flatten(1)  # [rows, W * 32]
     if allowed.shape[1] >= vocab_size:
         return allowed[:, :vocab_size]

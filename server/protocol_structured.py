@@ -96,8 +96,7 @@ def constraint_of(body: Any) -> tuple[StructuredOutput, str] | None:
         found.append(
             (_named("response_format", _from_response_format, response_format), "response_format")
         )
-    guided = [name for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar")]
-    for name in guided:
+    for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
         value = getattr(body, name)
         if value is not None:
             found.append((_named(name, _guided, name, value), name))

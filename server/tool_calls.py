@@ -127,20 +127,21 @@ def template_messages(
     return out
 
 
-def _template_call(call: Any) -> dict:
+def _arguments_value(arguments: str) -> Any:
+    """A call's ``arguments`` JSON text as a value (the text itself if it is not JSON)."""
     try:
-        arguments = json.loads(call.function.arguments)
+        return json.loads(arguments)
     except json.JSONDecodeError:
-        arguments = call.function.arguments
+        return arguments
+
+
+def _template_call(call: Any) -> dict:
+    arguments = _arguments_value(call.function.arguments)
     return {"type": "function", "function": {"name": call.function.name, "arguments": arguments}}
 
 
 def _call_block(name: str, arguments: str) -> str:
-    try:
-        parsed = json.loads(arguments)
-    except json.JSONDecodeError:
-        parsed = arguments
-    body = json.dumps({"name": name, "arguments": parsed}, ensure_ascii=False)
+    body = json.dumps({"name": name, "arguments": _arguments_value(arguments)}, ensure_ascii=False)
     return f"{CALL_OPEN}\n{body}\n{CALL_CLOSE}"
 
 
