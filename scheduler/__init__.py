@@ -4,7 +4,7 @@ from skipdecode.scheduler.outputs import RunnerOutput, ScheduledSequence, Schedu
 from skipdecode.scheduler.request import Request, RequestStatus, TokenLogprobs
 from skipdecode.scheduler.sampling_params import SamplingParams, StructuredOutput
 from skipdecode.scheduler.scheduler import Scheduler, SchedulerConfig
-from skipdecode.scheduler.skip import DepthSchedule, SkipConfig
+from skipdecode.scheduler.skip import DepthSchedule, PresetFamily, SkipConfig
 
 __all__ = [
     "DepthSchedule",
@@ -16,6 +16,7 @@ __all__ = [
     "Scheduler",
     "SchedulerConfig",
     "SchedulerOutput",
+    "PresetFamily",
     "SkipConfig",
     "StructuredOutput",
     "TokenLogprobs",

@@ -14,6 +14,20 @@ from functools import cached_property, lru_cache
 PRESET_DECAY_TOKENS = 32  # T used by speedup presets unless the caller picks one
 PRESET_DEPTH_RATIO = 1.5  # presets prefer D_max / D_min near this (a gentle linear decay)
 PRESET_TOLERANCE = 0.05  # a preset's speedup at N = T lands within 5% of the target
+DEFAULT_WARMUP_LAYERS = 1  # warm-up layers unless the caller (or, for presets, the model) says
+
+
+@dataclass(frozen=True)
+class PresetFamily:
+    """The warm-up and decay a speedup preset takes when the caller leaves them out.
+
+    A checkpoint trained with skipping records its own family (the warm-up and decay of the
+    schedules in its ``skip_schedule.json``), so ``{"speedup": 2}`` gets the 2x it was trained
+    for; every other model uses the generic one.
+    """
+
+    warmup_layers: int = DEFAULT_WARMUP_LAYERS
+    decay_tokens: int = PRESET_DECAY_TOKENS
 
 
 @dataclass(frozen=True)
@@ -21,19 +35,22 @@ class SkipConfig:
     """What a user asks for: explicit knobs, or a target ``speedup`` resolved per model.
 
     ``max_depth=None`` means every layer; ``min_depth=None`` means ``max_depth`` (no decay).
-    Values that need the model's layer count are checked again by :meth:`resolve`.
+    ``warmup_layers=None`` / ``decay_tokens=None`` mean 1 / 32, except for a ``speedup``
+    preset, which takes them from the model's :class:`PresetFamily`. Values that need the
+    model's layer count are checked again by :meth:`resolve`.
     """
 
-    warmup_layers: int = 1
+    warmup_layers: int | None = None
     max_depth: int | None = None
     min_depth: int | None = None
-    decay_tokens: int = PRESET_DECAY_TOKENS
+    decay_tokens: int | None = None
     speedup: float | None = None
 
     def __post_init__(self) -> None:
-        _check(_is_int(self.warmup_layers) and self.warmup_layers >= 0, "warmup_layers", ">= 0")
-        _check(_is_int(self.decay_tokens) and self.decay_tokens >= 1, "decay_tokens", ">= 1")
-        lowest = self.warmup_layers + 1
+        w, decay = self.warmup_layers, self.decay_tokens
+        _check(w is None or (_is_int(w) and w >= 0), "warmup_layers", ">= 0")
+        _check(decay is None or (_is_int(decay) and decay >= 1), "decay_tokens", ">= 1")
+        lowest = (DEFAULT_WARMUP_LAYERS if w is None else w) + 1
         for name in ("max_depth", "min_depth"):
             value = getattr(self, name)
             _check(value is None or (_is_int(value) and value >= lowest), name, f">= {lowest}")
@@ -54,19 +71,31 @@ class SkipConfig:
 
     @classmethod
     def for_speedup(
-        cls, speedup: float, decay_tokens: int = PRESET_DECAY_TOKENS, warmup_layers: int = 1
+        cls, speedup: float, decay_tokens: int | None = None, warmup_layers: int | None = None
     ) -> SkipConfig:
-        """A preset for a target theoretical speedup (1x..5x); depths are chosen per model."""
+        """A preset for a target theoretical speedup (1x..5x); depths are chosen per model, and
+        a warm-up or decay left out comes from the model's preset family."""
         return cls(warmup_layers=warmup_layers, decay_tokens=decay_tokens, speedup=speedup)
 
-    def resolve(self, num_layers: int) -> DepthSchedule:
-        """The concrete schedule for a model with ``num_layers`` decoder layers."""
+    def resolve(self, num_layers: int, family: PresetFamily | None = None) -> DepthSchedule:
+        """The concrete schedule for a model with ``num_layers`` decoder layers (``family``:
+        the model's preset warm-up and decay; None: the generic 1 and 32)."""
         if self.speedup is not None:
-            return preset_schedule(num_layers, self.speedup, self.decay_tokens, self.warmup_layers)
+            family = family or PresetFamily()
+            return preset_schedule(
+                num_layers,
+                self.speedup,
+                family.decay_tokens if self.decay_tokens is None else self.decay_tokens,
+                family.warmup_layers if self.warmup_layers is None else self.warmup_layers,
+            )
         max_depth = num_layers if self.max_depth is None else self.max_depth
         min_depth = max_depth if self.min_depth is None else self.min_depth
         return DepthSchedule(
-            num_layers, self.warmup_layers, max_depth, min_depth, self.decay_tokens
+            num_layers,
+            DEFAULT_WARMUP_LAYERS if self.warmup_layers is None else self.warmup_layers,
+            max_depth,
+            min_depth,
+            PRESET_DECAY_TOKENS if self.decay_tokens is None else self.decay_tokens,
         )
 
 

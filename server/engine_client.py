@@ -8,8 +8,7 @@ import logging
 
 from skipdecode.async_engine import AsyncEngine
 from skipdecode.chat import render_chat
-from skipdecode.scheduler import SkipConfig, StructuredOutput
-from skipdecode.scheduler.skip import preset_schedule
+from skipdecode.scheduler import PresetFamily, SkipConfig, StructuredOutput
 from skipdecode.server.choice_stream import ChoiceSpec, ChoiceStream
 from skipdecode.server.config import ServerConfig
 from skipdecode.server.errors import APIError, as_invalid_request, unavailable
@@ -39,6 +38,7 @@ class EngineClient:
         self.tokenizer = engine.tokenizer
         self.max_model_len: int = engine.max_model_len
         self.num_layers: int = engine.num_layers
+        self.preset_family: PresetFamily = engine.preset_family
         self.vocab_size: int = engine.hf_config.vocab_size
         self.is_draining = False
         self._live: set[ChoiceStream] = set()
@@ -172,7 +172,9 @@ class EngineClient:
             return None
         with as_invalid_request():
             config = skip.to_config()
-            return config if config.speedup is None else _preset_knobs(self.num_layers, config)
+            if config.speedup is None:
+                return config
+            return _preset_knobs(self.num_layers, config, self.preset_family)
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -216,11 +218,9 @@ class EngineClient:
 
 
 @functools.lru_cache(maxsize=256)
-def _preset_knobs(num_layers: int, config: SkipConfig) -> SkipConfig:
+def _preset_knobs(num_layers: int, config: SkipConfig, family: PresetFamily) -> SkipConfig:
     """The explicit knobs of a speedup preset: they resolve to the same schedule."""
-    schedule = preset_schedule(
-        num_layers, config.speedup, config.decay_tokens, config.warmup_layers
-    )
+    schedule = config.resolve(num_layers, family)
     return SkipConfig(
         warmup_layers=schedule.warmup_layers,
         max_depth=schedule.max_depth,

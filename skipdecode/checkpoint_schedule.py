@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from skipdecode.scheduler import SkipConfig
+from skipdecode.scheduler import PresetFamily, SkipConfig
 
 SCHEDULE_FILE = "skip_schedule.json"
 FORMAT_NAME = "skipdecode-skip-schedule"
@@ -93,13 +93,37 @@ def read_skip_schedule(model_path: str | None, num_layers: int | None = None) ->
     file = os.path.join(model_path, SCHEDULE_FILE)
     if not os.path.exists(file):
         return None
-    default = load_schedule_record(file)["default"]
+    record = load_schedule_record(file)
+    default = record["default"]
     if num_layers is not None:
         try:
-            default.resolve(num_layers)
+            default.resolve(num_layers, preset_family(record))
         except ValueError as exc:
             raise ValueError(f"skip schedule file {file}: {exc}") from exc
     return default
+
+
+def preset_family(record: dict[str, Any]) -> PresetFamily | None:
+    """The warm-up and decay a checkpoint's speedup presets use: those of the first schedule it
+    was trained for with a speedup above 1, else those its default names; None if neither
+    names them."""
+    skipping = [s for s in record["schedules"] if s.speedup is not None and s.speedup > 1]
+    source = skipping[0] if skipping else record["default"]
+    if source.warmup_layers is None and source.decay_tokens is None:
+        return None
+    generic = PresetFamily()
+    return PresetFamily(
+        generic.warmup_layers if source.warmup_layers is None else source.warmup_layers,
+        generic.decay_tokens if source.decay_tokens is None else source.decay_tokens,
+    )
+
+
+def read_preset_family(model_path: str | None) -> PresetFamily | None:
+    """:func:`preset_family` of a model directory's schedule file (None without one)."""
+    if model_path is None or not os.path.isdir(model_path):
+        return None
+    file = os.path.join(model_path, SCHEDULE_FILE)
+    return preset_family(load_schedule_record(file)) if os.path.exists(file) else None
 
 
 def write_skip_schedule(

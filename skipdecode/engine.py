@@ -16,6 +16,7 @@ from skipdecode.loading import LoadedModel, load_model
 from skipdecode.model_runner.runner import ModelRunner
 from skipdecode.outputs import RequestOutput, snapshot
 from skipdecode.scheduler import (
+    PresetFamily,
     Request,
     RequestStatus,
     SamplingParams,
@@ -44,6 +45,8 @@ class Engine:
         self.num_layers: int = loaded.model.num_layers
         # An explicit skip setting wins; else the schedule the checkpoint was fine-tuned for.
         self.default_skip = config.skip if config.skip is not None else loaded.default_skip
+        # The warm-up and decay a speedup preset takes when a request leaves them out.
+        self.preset_family = loaded.preset_family or PresetFamily()
         # The context length is known once the model is loaded: a new scheduler config carries
         # it (the caller's config is not written to).
         max_len = config.model.max_model_len or loaded.max_model_len
@@ -81,7 +84,7 @@ class Engine:
     def resolve_skip(self, skip: SkipConfig | None):
         """The depth schedule for a request's skip setting (None: the engine's default)."""
         skip = skip if skip is not None else self.default_skip
-        return (skip or SkipConfig()).resolve(self.num_layers)
+        return (skip or SkipConfig()).resolve(self.num_layers, self.preset_family)
 
     def tokenize(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):

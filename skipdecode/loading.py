@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from skipdecode.checkpoint_schedule import read_skip_schedule
+from skipdecode.checkpoint_schedule import read_preset_family, read_skip_schedule
 from skipdecode.config import ModelConfig
 from skipdecode.model_runner.adapter import (
     Adapter,
@@ -20,7 +20,7 @@ from skipdecode.model_runner.adapter import (
 from skipdecode.model_runner.loader import build_model
 from skipdecode.model_runner.models import kv_head_shape
 from skipdecode.model_runner.weights import load_hf_config, load_tokenizer, resolve_model_path
-from skipdecode.scheduler import SkipConfig
+from skipdecode.scheduler import PresetFamily, SkipConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class LoadedModel:
     kv_shape: tuple[int, int]  # (num_kv_heads, head_dim)
     eos_token_ids: frozenset[int]
     default_skip: SkipConfig | None = None  # skip_schedule.json's default, if any
+    preset_family: PresetFamily | None = None  # the warm-up and decay its schedules trained with
     adapter_path: str | None = None  # the LoRA adapter merged into the weights, if any
     quantization: str = "none"  # resolved: none | int8 | int4 | gguf (blocks as stored)
 
@@ -99,8 +100,10 @@ def load_model(config: ModelConfig) -> LoadedModel:
     # The adapter's schedule wins: it records what the merged weights were trained for. Both
     # are read (and checked against the model) before the weights, so a bad file fails fast.
     default_skip = read_skip_schedule(path, hf_config.num_hidden_layers)
+    family = read_preset_family(path)
     if adapter_path is not None:
         default_skip = read_skip_schedule(adapter_path, hf_config.num_hidden_layers) or default_skip
+        family = read_preset_family(adapter_path) or family
     weights_path = None if config.load_format == "dummy" else path
     quantization = resolve_quantization(config, path, adapter)
     _warn_if_scalar(quantization, config.torch_dtype)
@@ -121,6 +124,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
         kv_shape=kv_head_shape(hf_config),
         eos_token_ids=eos_token_ids(hf_config, tokenizer),
         default_skip=default_skip,
+        preset_family=family,
         adapter_path=adapter_path,
         quantization=quantization,
     )

@@ -92,8 +92,12 @@ def add_eval_chat_parser(tasks) -> argparse.ArgumentParser:
     parser.add_argument("--test-percent", type=int, default=datasets.DEFAULT_TEST_PERCENT)
     parser.add_argument("--max-conversations", type=int, default=None)
     parser.add_argument("--speedups", type=speedup_list, default=speedup_list("1,2,3,4,5"))
-    parser.add_argument("--decay-tokens", type=int, default=32)
-    parser.add_argument("--warmup-layers", type=int, default=1)
+    parser.add_argument(
+        "--decay-tokens", type=int, default=None, help="default: the model's preset family"
+    )
+    parser.add_argument(
+        "--warmup-layers", type=int, default=None, help="default: the model's preset family"
+    )
     parser.add_argument("--max-prompt-tokens", type=int, default=chat.DEFAULT_MAX_PROMPT_TOKENS)
     parser.add_argument(
         "--max-answer-tokens", type=int, default=64, help="answer tokens scored by perplexity"

@@ -59,8 +59,10 @@ class ChatEvalConfig:
     test_percent: int = datasets.DEFAULT_TEST_PERCENT
     max_conversations: int | None = None
     speedups: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)
-    decay_tokens: int = 32
-    warmup_layers: int = 1
+    # None: the model's preset family (its skip_schedule.json's trained warm-up and decay, else
+    # warm-up 1 over 32 tokens), as the server resolves {"speedup": x}.
+    decay_tokens: int | None = None
+    warmup_layers: int | None = None
     max_prompt_tokens: int = chat.DEFAULT_MAX_PROMPT_TOKENS
     max_answer_tokens: int = 64  # answer tokens scored by perplexity
     max_tokens: int = 64  # tokens generated per answer

@@ -128,8 +128,9 @@ def evaluate_model(
     all_prompts = [ids for ids, _ in encoded]
     items, prompts = items[: cfg.num_items], all_prompts[: cfg.num_items]
     trained = llm.default_skip  # the checkpoint's or adapter's skip_schedule.json default
-    decay_tokens = trained.decay_tokens if trained else cfg.decay_tokens
-    warmup_layers = trained.warmup_layers if trained else cfg.warmup_layers
+    family = llm.engine.preset_family  # the warm-up and decay its schedules were trained with
+    decay_tokens = family.decay_tokens if trained else cfg.decay_tokens
+    warmup_layers = family.warmup_layers if trained else cfg.warmup_layers
     result: dict[str, Any] = {
         "label": spec.label,
         "path": spec.path,

@@ -101,16 +101,24 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict[str, A
 
 
 def preset_params(spec: ModelSpec, cfg: EvalConfig) -> tuple[int, int, dict | None]:
-    """(decay_tokens, warmup_layers, schedule record) for a model's presets."""
-    file = os.path.join(spec.path, SCHEDULE_FILE) if spec.path else None
-    if file is None or not os.path.exists(file):
+    """(decay_tokens, warmup_layers, schedule record) for a model's presets.
+
+    An adapter's ``skip_schedule.json`` names the schedules it was trained for, so it wins over
+    the base checkpoint's; both are checked for overlap with the evaluated split.
+    """
+    places = [spec.adapter if spec.adapter not in (None, "none", "auto") else None, spec.path]
+    files = [os.path.join(p, SCHEDULE_FILE) for p in places if p]
+    records = [load_schedule_record(f) for f in files if os.path.exists(f)]
+    if not records:
         return cfg.decay_tokens, cfg.warmup_layers, None
-    record = load_schedule_record(file)
-    data = record.get("data") or {}
-    if data.get("kind") == "chat":  # trained on chat data: E2E is out of domain, no overlap
+    for record in records:
+        data = record.get("data") or {}
+        # Trained on chat data: E2E is out of domain, no overlap to check.
+        if data.get("kind") != "chat" and cfg.split != "all":
+            check_no_overlap(spec.label, data, cfg)
+    record = records[0]
+    if (record.get("data") or {}).get("kind") == "chat":
         return cfg.decay_tokens, cfg.warmup_layers, record
-    if cfg.split != "all":
-        check_no_overlap(spec.label, data, cfg)
     default: SkipConfig = record["default"]
     return default.decay_tokens, default.warmup_layers, record
 

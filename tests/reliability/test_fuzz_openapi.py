@@ -31,9 +31,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 # Examples per (operation with a body, mode); operations without a body vary only in headers.
-EXAMPLES_PER_MODE = stress_or(150, 1500)
+EXAMPLES_PER_MODE = stress_or(80, 1500)
 EXAMPLES_WITHOUT_BODY = 10
-MIN_CASES = stress_or(1000, 10000)
+MIN_CASES = stress_or(600, 10000)
 # Generations without max_tokens would run to the end of the context: keep them short.
 DEFAULT_MAX_TOKENS = 4
 ERROR_KEYS = {"message", "type", "param", "code"}

@@ -1,4 +1,4 @@
-"""Soak (two minutes in the suite, twenty under ``make stress``): mixed traffic with cancellations
+"""Soak (one minute in the suite, twenty under ``make stress``): mixed traffic with cancellations
 and deliberately invalid requests; RSS growth under 5%, no KV block left, no unintended answer.
 The driver is ``python -m skipdecode.benchmarks.soak``, runnable against any server."""
 
@@ -15,8 +15,8 @@ MAX_RSS_GROWTH = 0.05
 
 def test_soak_mixed_traffic_leaks_nothing(small_server):
     config = SoakConfig(
-        duration_s=stress_or(120, 1200),
-        warmup_s=stress_or(15, 60),
+        duration_s=stress_or(60, 1200),
+        warmup_s=stress_or(10, 60),
         concurrency=8,
         max_tokens=16,
         seed=1,

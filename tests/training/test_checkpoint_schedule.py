@@ -31,6 +31,27 @@ def test_engine_uses_the_checkpoint_schedule_by_default(tiny_llama_copy):
     assert explicit.generate([1, 2, 3], greedy(4))[0].depths == [5] * 4
 
 
+def test_speedup_presets_take_the_warmup_and_decay_the_checkpoint_trained_with(tiny_llama_copy):
+    from skipdecode.server.engine_client import _preset_knobs
+
+    trained = [SkipConfig.for_speedup(2.0, decay_tokens=6, warmup_layers=2)]
+    write_skip_schedule(tiny_llama_copy, SkipConfig.for_speedup(1.0), trained)
+    llm = LLM(str(tiny_llama_copy), dtype="float32", num_kv_blocks=64, block_size=4)
+    family = llm.engine.preset_family
+    assert (family.warmup_layers, family.decay_tokens) == (2, 6)
+    ours = trained[0].resolve(NUM_LAYERS)
+    generic = SkipConfig.for_speedup(2.0).resolve(NUM_LAYERS)  # what other models get
+    assert (ours.warmup_layers, ours.decay_tokens) == (2, 6)
+    assert (generic.warmup_layers, generic.decay_tokens) == (1, 32)
+    out = llm.generate([1, 2, 3], greedy(8), skip=SkipConfig.for_speedup(2.0))[0]
+    assert out.depths == ours.depths(8)
+    # The server turns {"speedup": 2} into the same knobs; a knob the request names still wins.
+    knobs = _preset_knobs(NUM_LAYERS, SkipConfig(speedup=2.0), family)
+    assert knobs.resolve(NUM_LAYERS) == ours
+    named = _preset_knobs(NUM_LAYERS, SkipConfig(speedup=2.0, warmup_layers=1), family)
+    assert (named.warmup_layers, named.decay_tokens) == (1, 6)
+
+
 def test_without_a_schedule_file_the_default_is_full_depth(tiny_llama_copy):
     assert read_skip_schedule(str(tiny_llama_copy)) is None
     llm = LLM(str(tiny_llama_copy), dtype="float32", num_kv_blocks=64, block_size=4)

@@ -10,7 +10,7 @@ import sys
 import pytest
 from factories import ref_depth, ref_depths, ref_positions_running, ref_runs_layer
 
-from skipdecode.scheduler import DepthSchedule, SamplingParams, SkipConfig
+from skipdecode.scheduler import DepthSchedule, PresetFamily, SamplingParams, SkipConfig
 
 
 def random_schedules(seed: int, count: int) -> list[DepthSchedule]:
@@ -105,13 +105,30 @@ def test_theoretical_speedup_is_layers_times_tokens_over_depth_sum():
 @pytest.mark.parametrize("num_layers", [24, 30, 32])
 @pytest.mark.parametrize("target", [1, 2, 3, 4, 5])
 def test_speedup_preset_lands_within_5_percent_at_decay_tokens(num_layers, target):
-    config = SkipConfig.for_speedup(target)
-    s = config.resolve(num_layers)
+    s = SkipConfig.for_speedup(target).resolve(num_layers)
     assert s.num_layers == num_layers
-    if not s.is_full_depth:
-        assert (s.decay_tokens, s.warmup_layers) == (config.decay_tokens, config.warmup_layers)
+    if not s.is_full_depth:  # the generic family: one warm-up layer, decay over 32 tokens
+        assert (s.decay_tokens, s.warmup_layers) == (32, 1)
         assert s.warmup_layers + 1 <= s.min_depth <= s.max_depth <= num_layers
-    assert abs(ref_speedup(s, config.decay_tokens) / target - 1) <= 0.05
+    assert abs(ref_speedup(s, 32) / target - 1) <= 0.05
+
+
+@pytest.mark.parametrize("target", [2, 3])
+def test_a_model_family_fills_only_what_the_preset_leaves_out(target):
+    family = PresetFamily(warmup_layers=3, decay_tokens=24)
+    s = SkipConfig.for_speedup(target).resolve(30, family)
+    assert (s.warmup_layers, s.decay_tokens) == (3, 24)
+    assert abs(ref_speedup(s, 24) / target - 1) <= 0.05
+    # What the caller names wins over the family.
+    s = SkipConfig.for_speedup(target, warmup_layers=2).resolve(30, family)
+    assert (s.warmup_layers, s.decay_tokens) == (2, 24)
+    s = SkipConfig.for_speedup(target, decay_tokens=40).resolve(30, family)
+    assert (s.warmup_layers, s.decay_tokens) == (3, 40)
+    # Explicit depths are not a preset: their warm-up and decay default to 1 and 32.
+    s = SkipConfig(max_depth=18, min_depth=12).resolve(30, family)
+    assert (s.warmup_layers, s.decay_tokens, s.max_depth, s.min_depth) == (1, 32, 18, 12)
+    # 1x is full depth whatever the family.
+    assert SkipConfig.for_speedup(1).resolve(30, family).is_full_depth
 
 
 @pytest.mark.parametrize(("target", "decay", "warmup"), [(3, 256, 1), (2, 64, 2), (4, 8, 1)])
