@@ -79,14 +79,22 @@ class PromptSource:
         return random_prompt_ids(num_prompts, input_len, self.vocab_size, set(self.avoid_ids), seed)
 
 
-def percentiles(values: Sequence[float], prefix: str, scale: float = 1.0) -> dict[str, float]:
-    """``{prefix_mean, prefix_p50, prefix_p90, prefix_p99}`` of ``values * scale`` (NaN if none)."""
+def percentiles(
+    values: Sequence[float],
+    prefix: str,
+    scale: float = 1.0,
+    points: Sequence[int] = PERCENTILES,
+) -> dict[str, float]:
+    """``{prefix_mean, prefix_p50, prefix_p90, prefix_p99}`` of ``values * scale`` (NaN if none).
+
+    ``points`` chooses other percentiles (``bench serve`` adds p95).
+    """
     if not values:
         nan = float("nan")
-        return {f"{prefix}_mean": nan, **{f"{prefix}_p{p}": nan for p in PERCENTILES}}
+        return {f"{prefix}_mean": nan, **{f"{prefix}_p{p}": nan for p in points}}
     array = np.asarray(values, dtype=np.float64) * scale
     out = {f"{prefix}_mean": float(array.mean())}
-    out.update({f"{prefix}_p{p}": float(np.percentile(array, p)) for p in PERCENTILES})
+    out.update({f"{prefix}_p{p}": float(np.percentile(array, p)) for p in points})
     return out
 
 

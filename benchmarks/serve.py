@@ -2,9 +2,12 @@
 
 Sends ``--num-prompts`` streamed completions per run, either with a fixed number in flight
 (``--concurrency 1,4,16``: one run each) or arriving as a seeded Poisson process
-(``--request-rate R``). Measures time to first token (TTFT), inter-token latency (ITL, the gaps
-between text chunks), end-to-end latency, tokens/s and errors. Output tokens come from the
-final chunk's ``usage`` when the server sends it, else one per text chunk. The whole command is
+(``--request-rate 1,2,4,inf``: one run each; ``inf`` sends all at once). Prompts are random
+(``--dataset random``) or ShareGPT chats sampled as vLLM's ``benchmark_serving.py`` does
+(``--dataset sharegpt``, see ``workloads.py``). Measures time to first token (TTFT),
+inter-token latency (ITL, the gaps between text chunks), end-to-end latency, tokens/s, errors
+and, under ``--slo-ttft`` / ``--slo-itl``, goodput. Output tokens come from the final chunk's
+``usage`` when the server sends it, else one per text chunk. The whole command is
 bounded by ``--timeout`` seconds; requests cut off count as errors. Each run gets prompts of its
 own (same ``--seed``, same prompts for every server), so no run gains from a prefix cache that
 an earlier run filled. Only loopback base URLs are accepted.
@@ -15,20 +18,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import time
 
 import httpx
 import numpy as np
 
+from skipdecode.benchmarks import workloads
 from skipdecode.benchmarks.common import format_table, parse_list, percentiles, write_results
 from skipdecode.benchmarks.serve_client import (
     RequestResult,
     check_loopback,
     completion_body,
-    random_word_prompts,
     stream_completion,
 )
+from skipdecode.benchmarks.workloads import SampledRequest
 
 COLUMNS = [
     ("label", "run", "s"),
@@ -36,6 +41,7 @@ COLUMNS = [
     ("num_errors", "errors", "d"),
     ("requests_per_s", "req/s", ".2f"),
     ("output_tokens_per_s", "out tok/s", ".1f"),
+    ("goodput_requests_per_s", "good/s", ".2f"),
     ("ttft_ms_p50", "TTFT p50", ".1f"),
     ("ttft_ms_p99", "TTFT p99", ".1f"),
     ("itl_ms_p50", "ITL p50", ".2f"),
@@ -45,6 +51,7 @@ COLUMNS = [
     ("theoretical_speedup", "theoretical", ".2f"),
 ]
 WARMUP_MAX_TOKENS = 8
+LATENCY_PERCENTILES = (50, 90, 95, 99)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +62,12 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--concurrency", type=lambda t: parse_list(t, int), default=[1, 4, 16], help="e.g. 1,4,16"
     )
     parser.add_argument(
-        "--request-rate", type=float, default=None, help="Poisson arrivals per second instead"
+        "--request-rate",
+        type=workloads.parse_rates,
+        default=None,
+        metavar="RATES",
+        help="instead of --concurrency: Poisson arrivals per second, one run per value,"
+        " e.g. 1,2,4,inf (inf: all at once)",
     )
     parser.add_argument(
         "--max-concurrency", type=int, default=None, help="cap on requests in flight (rate mode)"
@@ -67,8 +79,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="instead of --num-prompts: K x concurrency requests per run (each run ~K rounds)",
     )
-    parser.add_argument("--input-len", type=int, default=128, help="prompt tokens (or words)")
-    parser.add_argument("--output-len", type=int, default=128, help="max_tokens of each request")
+    parser.add_argument(
+        "--input-len", type=int, default=128, help="random prompts: tokens (or words)"
+    )
+    parser.add_argument(
+        "--output-len", type=int, default=128, help="random prompts: max_tokens of each request"
+    )
+    workloads.add_workload_args(parser)
     parser.add_argument(
         "--prompt-kind",
         choices=["tokens", "words"],
@@ -96,18 +113,29 @@ def run(args: argparse.Namespace) -> int:
     except ServerUnavailable as exc:
         print(f"skipdecode bench serve: {exc}", file=sys.stderr)
         return 1
-    print(f"{payload['system']}: {args.input_len} in / {args.output_len} out, times in ms")
+    data = payload["dataset"]
+    shape = f"{args.input_len} in / {args.output_len} out"
+    if data["name"] == "sharegpt":
+        shape = (
+            f"ShareGPT, mean {data['prompt_len_mean']:.0f} in / {data['output_len_mean']:.0f} out"
+        )
+    print(f"{payload['system']}: {shape}, times in ms")
     print(format_table(payload["results"], COLUMNS))
     return 0 if all(r["num_errors"] == 0 for r in payload["results"]) else 1
 
 
-def build_prompts(args: argparse.Namespace, count: int) -> list[str | list[int]]:
-    """``count`` seeded prompts: token-id lists (the model's tokenizer) or strings of words."""
-    if args.prompt_kind == "words":
-        return random_word_prompts(count, args.input_len, args.seed)
-    from skipdecode.benchmarks.common import PromptSource
+def build_requests(
+    args: argparse.Namespace, base_url: str, count: int
+) -> tuple[list[SampledRequest], dict]:
+    """``count`` seeded requests of ``--dataset``, and a record of how they were drawn."""
+    if args.dataset == "random":
+        return workloads.random_requests(args, count), {"name": "random"}
+    max_model_len = workloads.server_max_model_len(base_url, _headers(args))
+    return workloads.sharegpt_requests(args, count, max_model_len)
 
-    return PromptSource.from_model(args.model).prompts(count, args.input_len, args.seed)
+
+def _headers(args: argparse.Namespace) -> dict[str, str]:
+    return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
 
 def bench_serve(args: argparse.Namespace) -> dict:
@@ -117,17 +145,30 @@ def bench_serve(args: argparse.Namespace) -> dict:
         raise ValueError("--num-prompts, --input-len and --output-len must be >= 1")
     if args.timeout <= 0 or min(args.concurrency) < 1 or args.num_warmup < 0:
         raise ValueError("--timeout must be > 0, --concurrency values >= 1, --num-warmup >= 0")
-    if args.request_rate is not None and args.request_rate <= 0:
-        raise ValueError("--request-rate must be > 0")
+    workloads.check_workload_args(args)
     if args.prompts_per_concurrency is not None and args.prompts_per_concurrency < 1:
         raise ValueError("--prompts-per-concurrency must be >= 1")
     runs = _runs(args)
     # Each run (and the warm-up) gets prompts of its own, so that no run profits from a
     # server's prefix cache (llama.cpp's slots, vLLM's prefix caching) filled by an earlier one.
-    prompts = build_prompts(args, sum(run[3] for run in runs) + args.num_warmup)
-    rows = asyncio.run(_sweep(args, base_url + args.endpoint, runs, prompts))
-    system = args.label or base_url
-    return write_results(args.output_json, "serve", vars(args), {"system": system, "results": rows})
+    num_measured = sum(run[3] for run in runs)
+    requests, dataset = build_requests(args, base_url, num_measured + args.num_warmup)
+    dataset.update(workloads.sample_stats(requests[:num_measured]))
+    rows = asyncio.run(_sweep(args, base_url + args.endpoint, runs, requests))
+    results = {"system": args.label or base_url, "dataset": dataset, "results": rows}
+    return write_results(args.output_json, "serve", _json_args(args), results)
+
+
+def _json_args(args: argparse.Namespace) -> dict:
+    """The arguments as JSON values: an ``inf`` rate is written as the string ``"inf"``."""
+    values = vars(args).copy()
+    if values.get("request_rate"):
+        values["request_rate"] = [_rate_value(r) for r in values["request_rate"]]
+    return values
+
+
+def _rate_value(rate: float | None) -> float | str | None:
+    return "inf" if rate is not None and math.isinf(rate) else rate
 
 
 class ServerUnavailable(RuntimeError):
@@ -137,8 +178,10 @@ class ServerUnavailable(RuntimeError):
 def _runs(args: argparse.Namespace) -> list[tuple[str, int | None, float | None, int]]:
     """(label, requests in flight or None, arrival rate or None, requests) of each run."""
     if args.request_rate is not None:
-        label = f"rate={args.request_rate:g}/s"
-        return [(label, args.max_concurrency, args.request_rate, args.num_prompts)]
+        return [
+            (f"rate={rate:g}/s", args.max_concurrency, rate, args.num_prompts)
+            for rate in args.request_rate
+        ]
     per = args.prompts_per_concurrency
     return [
         (f"c={c}", c, None, args.num_prompts if per is None else per * c) for c in args.concurrency
@@ -146,17 +189,17 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, int | None, float | None,
 
 
 async def _sweep(
-    args: argparse.Namespace, url: str, runs: list[tuple], prompts: list
+    args: argparse.Namespace, url: str, runs: list[tuple], requests: list[SampledRequest]
 ) -> list[dict]:
     deadline = time.monotonic() + args.timeout
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    headers = _headers(args)
     model, skip = args.served_model_name, args.skip
     offsets = np.cumsum([0] + [run[3] for run in runs])
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     # trust_env=False: loopback traffic must not go through a proxy from the environment.
     async with httpx.AsyncClient(timeout=None, limits=limits, trust_env=False) as client:
-        for prompt in prompts[offsets[-1] :]:
-            warm = completion_body(prompt, WARMUP_MAX_TOKENS, model, skip)
+        for request in requests[offsets[-1] :]:
+            warm = completion_body(request.prompt, WARMUP_MAX_TOKENS, model, skip)
             try:
                 result = await asyncio.wait_for(
                     stream_completion(client, url, warm, headers), deadline - time.monotonic()
@@ -167,22 +210,21 @@ async def _sweep(
                 raise ServerUnavailable(f"warm-up request to {url} failed: {result.error}")
         rows = []
         for i, (label, concurrency, rate, _) in enumerate(runs):
-            bodies = [
-                completion_body(p, args.output_len, model, skip)
-                for p in prompts[offsets[i] : offsets[i + 1]]
-            ]
+            batch = requests[offsets[i] : offsets[i + 1]]
+            bodies = [completion_body(r.prompt, r.output_len, model, skip) for r in batch]
             results, duration = await _run(
                 client, url, bodies, headers, concurrency, rate, args.seed, deadline
             )
-            rows.append(summarize(label, concurrency, rate, results, duration, args))
+            rows.append(summarize(label, concurrency, rate, results, duration, args, batch))
         return rows
 
 
 async def _run(client, url, bodies, headers, concurrency, rate, seed, deadline):
-    """Send every body (at most ``concurrency`` in flight; Poisson arrivals if ``rate``)."""
+    """Send every body (at most ``concurrency`` in flight; Poisson arrivals at a finite ``rate``,
+    all at once for ``inf``)."""
     gate = asyncio.Semaphore(concurrency) if concurrency else None
     arrivals = np.zeros(len(bodies))
-    if rate is not None:
+    if rate is not None and math.isfinite(rate):
         arrivals = np.cumsum(np.random.default_rng(seed).exponential(1 / rate, len(bodies)))
         arrivals -= arrivals[0]  # the first request goes at once
     start = time.perf_counter()
@@ -204,20 +246,34 @@ async def _run(client, url, bodies, headers, concurrency, rate, seed, deadline):
     return [cut if t in pending else t.result() for t in tasks], duration
 
 
-def summarize(label, concurrency, rate, results: list[RequestResult], duration, args) -> dict:
-    """Aggregate one run: counts, throughput, latency percentiles (ms), server usage."""
+def summarize(
+    label: str,
+    concurrency: int | None,
+    rate: float | None,
+    results: list[RequestResult],
+    duration: float,
+    args: argparse.Namespace,
+    requests: list[SampledRequest],
+) -> dict:
+    """Aggregate one run: counts, throughput, goodput, latency percentiles (ms), server usage.
+
+    ``requests[i]`` is what ``results[i]`` asked for (its expected output and prompt lengths).
+    """
     done = [r for r in results if r.ok]
+    asked = [q for q, r in zip(requests, results) if r.ok]
     errors = [r.error for r in results if not r.ok]
     num_output = sum(r.num_output_tokens for r in done)
     usages = [r.usage or {} for r in done]
     prompt_counts = [u.get("prompt_tokens") for u in usages]
-    num_prompt = sum(c if isinstance(c, int) else args.input_len for c in prompt_counts)
+    num_prompt = sum(
+        c if isinstance(c, int) else q.prompt_len for c, q in zip(prompt_counts, asked)
+    )
     speedups = [u["theoretical_speedup"] for u in usages if "theoretical_speedup" in u]
     sources = {"usage" if u.get("completion_tokens") is not None else "chunks" for u in usages}
     return {
         "label": label,
         "concurrency": concurrency,
-        "request_rate": rate,
+        "request_rate": _rate_value(rate),
         "num_requests": len(results),
         "completed": len(done),
         "num_errors": len(errors),
@@ -225,13 +281,16 @@ def summarize(label, concurrency, rate, results: list[RequestResult], duration, 
         "duration_s": duration,
         "requests_per_s": len(done) / duration,
         "num_output_tokens": num_output,
-        "num_output_tokens_expected": len(done) * args.output_len,
+        "num_output_tokens_expected": sum(q.output_len for q in asked),
         "token_count_source": "+".join(sorted(sources)) or None,
         "output_tokens_per_s": num_output / duration,
         "total_tokens_per_s": (num_output + num_prompt) / duration,
-        **percentiles([r.ttft for r in done if r.ttft is not None], "ttft_ms", 1e3),
-        **percentiles([x for r in done for x in r.itls], "itl_ms", 1e3),
-        **percentiles([r.e2e for r in done], "e2e_ms", 1e3),
+        **workloads.goodput(results, duration, args.slo_ttft, args.slo_itl),
+        **percentiles(
+            [r.ttft for r in done if r.ttft is not None], "ttft_ms", 1e3, LATENCY_PERCENTILES
+        ),
+        **percentiles([x for r in done for x in r.itls], "itl_ms", 1e3, LATENCY_PERCENTILES),
+        **percentiles([r.e2e for r in done], "e2e_ms", 1e3, LATENCY_PERCENTILES),
         "theoretical_speedup": float(np.mean(speedups)) if speedups else None,
         "layers_computed": sum(u.get("layers_computed", 0) for u in usages),
         "layers_skipped": sum(u.get("layers_skipped", 0) for u in usages),

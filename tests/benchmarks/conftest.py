@@ -14,12 +14,16 @@ class FakeCompletions:
     """Streams ``max_tokens`` one-character chunks per request, without usage, then [DONE].
 
     ``fail_every``: every n-th request (1-based) gets HTTP 500; ``stall_s``: each request
-    waits this long before answering. Received bodies are kept in ``bodies``.
+    waits this long before answering; ``max_model_len``: if set, ``GET /v1/models`` reports it
+    (else that path is a 404). Received bodies are kept in ``bodies``.
     """
 
-    def __init__(self, fail_every: int = 0, stall_s: float = 0.0) -> None:
+    def __init__(
+        self, fail_every: int = 0, stall_s: float = 0.0, max_model_len: int | None = None
+    ) -> None:
         self.fail_every = fail_every
         self.stall_s = stall_s
+        self.max_model_len = max_model_len
         self.bodies: list[dict] = []
         self._lock = threading.Lock()
 
@@ -29,6 +33,18 @@ class FakeCompletions:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
+
+            def do_GET(self) -> None:
+                if self.path != "/v1/models" or fake.max_model_len is None:
+                    self.send_error(404)
+                    return
+                card = {"id": "fake", "object": "model", "max_model_len": fake.max_model_len}
+                payload = json.dumps({"object": "list", "data": [card]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
