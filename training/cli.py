@@ -119,6 +119,13 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="E2E: share of training rows whose name and near values are replaced by invented"
         " names, in the MR and the reference alike (default 0: off)",
     )
+    parser.add_argument(
+        "--copy-prompts",
+        type=int,
+        default=0,
+        help="chat, --objective distill: add this many synthetic prompts asking for an invented"
+        " span back; the teacher's answer is kept when it holds the span (default 0: off)",
+    )
     _add_schedule_args(parser, "1")
     parser.add_argument(
         "--default-speedup",
@@ -179,6 +186,7 @@ def run_train(args: argparse.Namespace) -> int:
         split_by=args.split_by,
         name_val_percent=args.name_val_percent,
         substitute=args.substitute,
+        copy_prompts=args.copy_prompts,
         test_percent=args.test_percent,
         max_rows=args.max_rows,
         objective=args.objective or ("distill" if datasets.is_chat_data(args.data) else "ce"),

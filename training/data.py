@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from skipdecode import datasets
-from skipdecode.training import chat, e2e, e2e_split, e2e_substitute, teacher
+from skipdecode.training import chat, copy_prompts, e2e, e2e_split, e2e_substitute, teacher
 from skipdecode.training.batch import Example
 
 OBJECTIVES = ("ce", "kl", "distill")
@@ -39,13 +39,26 @@ def load_training_data(cfg, tokenizer, max_model_len: int) -> TrainingData:
             raise ValueError("--objective distill needs chat data (sharegpt, .jsonl or .json)")
         return load_e2e_data(cfg, tokenizer)
     prompts, record = chat_split_prompts(cfg, tokenizer, "train", max_model_len, cfg.max_rows)
+    if cfg.copy_prompts and cfg.objective != "distill":
+        raise ValueError("--copy-prompts needs --objective distill (the teacher answers them)")
     if cfg.objective == "distill":
+        items = copy_prompts.copy_training_items(cfg.copy_prompts, cfg.seed)
+        extra = copy_prompts.copy_chat_prompts(tokenizer, items)
         cache = cfg.teacher_cache or os.path.join(cfg.out_dir, "teacher")
         answers = teacher.teacher_answers(
-            cfg.teacher or cfg.model, prompts, cache, cfg.max_answer_tokens, device=cfg.device
+            cfg.teacher or cfg.model,
+            [*prompts, *extra],
+            cache,
+            cfg.max_answer_tokens,
+            device=cfg.device,
         )
         examples = [Example(p.prompt_ids, answers[p.id]) for p in prompts if answers[p.id]]
         record["targets"] = "the teacher's greedy full-depth answers (cached in teacher/)"
+        if items:
+            kept, record["copy_prompts"] = copy_prompts.keep_correct_copies(
+                tokenizer, items, extra, answers
+            )
+            examples += [Example(p.prompt_ids, answer) for p, answer in kept]
     else:
         examples = [Example(p.prompt_ids, p.reference_ids) for p in prompts]
         record["targets"] = "the data's own answers"

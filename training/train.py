@@ -50,6 +50,7 @@ class TrainConfig:
     split_by: str = "mr"  # E2E: "mr" or "name" (training/e2e_split.py)
     name_val_percent: int = DEFAULT_NAME_VAL_PERCENT  # E2E, split_by="name": unseen names
     substitute: float = 0.0  # E2E: share of training rows with invented names (e2e_substitute)
+    copy_prompts: int = 0  # chat distill: synthetic copy prompts added (training/copy_prompts.py)
     objective: str = "ce"  # ce | kl | distill (see training/data.py)
     max_prompt_tokens: int = chat.DEFAULT_MAX_PROMPT_TOKENS  # chat data only
     max_answer_tokens: int = chat.DEFAULT_MAX_ANSWER_TOKENS  # chat data only
@@ -94,6 +95,7 @@ class TrainConfig:
             f"split_by must be one of {', '.join(SPLITS)}": self.split_by in SPLITS,
             "name_val_percent must be in [0, 100]": 0 <= self.name_val_percent <= 100,
             "substitute must be in [0, 1]": 0.0 <= self.substitute <= 1.0,
+            "copy_prompts must be >= 0": self.copy_prompts >= 0,
             "dtype must be auto, bf16 or fp32": self.dtype in ("auto", "bf16", "fp32"),
             "speedups must be a non-empty list of numbers >= 1": bool(self.speedups)
             and all(s >= 1 for s in self.speedups),
@@ -119,6 +121,8 @@ class TrainConfig:
         ignored = {"out_dir", "device", "save_every", "resume", "teacher_cache"}
         fields = {k: v for k, v in asdict(self).items() if k not in ignored}
         fields["speedups"] = list(self.speedups)
+        if not self.copy_prompts:  # runs saved before the option existed still resume
+            del fields["copy_prompts"]
         return fields
 
 

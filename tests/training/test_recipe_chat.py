@@ -41,6 +41,7 @@ def test_chat_recipe_runs_all_stages_then_skips_them(tiny_llama_dir, e2e_csv, tm
         "DATA": str(chats),
         "E2E_DATA": str(e2e_csv),
         "PROMPTS": "6",
+        "COPY_PROMPTS": "5",
         "ANSWER_TOKENS": "6",
         "MAX_STEPS": "2",
         "BATCH": "3",
@@ -59,10 +60,11 @@ def test_chat_recipe_runs_all_stages_then_skips_them(tiny_llama_dir, e2e_csv, tm
     )
     assert first.returncode == 0, first.stderr[-3000:]
 
-    # Stage 1: the teacher answered exactly the first 6 training prompts, and the adapter loads.
+    # Stage 1: the teacher answered exactly the first 6 training prompts and the 5 copy prompts,
+    # and the adapter loads.
     answers = [json.loads(line) for line in (out / "skip/teacher/answers.jsonl").open()]
     train_ids = [i for i in ids if split_of(i, 2, 4) == "train"][:6]
-    assert [a["id"] for a in answers] == train_ids
+    assert [a["id"] for a in answers] == train_ids + [f"copy-{i}" for i in range(5)]
     assert all(1 <= len(a["answer_ids"]) <= 6 for a in answers)
     adapter = load_adapter(out / "skip" / "adapter")
     assert adapter.rank == 4 and adapter.scale == 2.0
@@ -70,6 +72,8 @@ def test_chat_recipe_runs_all_stages_then_skips_them(tiny_llama_dir, e2e_csv, tm
     schedule = json.loads((out / "skip/adapter/skip_schedule.json").read_text())
     assert schedule["default"]["speedup"] == 1.0  # full depth stays the default
     assert schedule["data"]["kind"] == "chat" and schedule["objective"]["name"] == "distill"
+    copies = schedule["data"]["copy_prompts"]
+    assert copies["num_prompts"] == 5 and 0 <= copies["num_kept"] <= 5
 
     # Stage 2: both models at both speedups, on held-out conversations only.
     results = json.loads((out / "eval" / "results.json").read_text())
