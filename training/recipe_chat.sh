@@ -41,7 +41,7 @@ fi
 KL_WEIGHT=${KL_WEIGHT:-1.0}
 OBJECTIVE=${OBJECTIVE:-distill}
 DECAY_TOKENS=${DECAY_TOKENS:-32}
-WARMUP_LAYERS=${WARMUP_LAYERS:-1}  # recorded in skip_schedule.json: {"speedup": 2} then resolves to it
+WARMUP_LAYERS=${WARMUP_LAYERS:-3}  # recorded in skip_schedule.json: {"speedup": 2} then resolves to it
 COPY_PROMPTS=${COPY_PROMPTS:-0}  # synthetic copy prompts added to the distillation data
 SPEEDUPS_EVAL=${SPEEDUPS_EVAL:-1,2,3,4,5}
 SPEEDUPS_E2E=${SPEEDUPS_E2E:-1,2,3}

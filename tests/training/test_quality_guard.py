@@ -23,10 +23,11 @@ pytestmark = pytest.mark.slow
 NUM_PROMPTS = 20
 ANSWER_TOKENS = 64
 # Measured on these 20 prompts (2026-12, fp32): the shipped model 5.51 at 1x (the base model's
-# figure), 63.9 at 2x, 169.9 at 3x; the plain base model 6,084 at 2x. The bound leaves ~15% for
-# numerical drift across CPUs and torch versions, while a real regression (the adapter not
-# loaded or not gated, the wrong layers skipped, a broken training forward) lands far above it.
-SHIPPED_2X_BOUND = 73.0
+# figure), 45.2 at 2x, 200.4 at 3x, with its three warm-up layers; the plain base model 6,084 at
+# 2x. The bound leaves ~15% for numerical drift across CPUs and torch versions, while a real
+# regression (the adapter not loaded or not gated, the wrong layers skipped, its preset family
+# ignored, a broken training forward) lands far above it.
+SHIPPED_2X_BOUND = 52.0
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +54,11 @@ def test_the_shipped_model_at_2x_stays_below_its_bound_and_is_the_base_at_1x(hel
     model = load_causal_lm(None, torch.device("cpu"), adapter).eval()
     family = read_preset_family(str(adapter))
     assert perplexity(model, held_out_prompts, 2.0, family) < SHIPPED_2X_BOUND
+    # At 1x the adapter computes nothing: five prompts show it (the engine tests check it token
+    # for token).
     base = load_causal_lm(None, torch.device("cpu")).eval()
-    shipped_1x = perplexity(model, held_out_prompts, 1.0)
-    assert shipped_1x == pytest.approx(perplexity(base, held_out_prompts, 1.0), rel=1e-6)
+    shipped_1x = perplexity(model, held_out_prompts[:5], 1.0)
+    assert shipped_1x == pytest.approx(perplexity(base, held_out_prompts[:5], 1.0), rel=1e-6)
 
 
 def test_the_default_model_serves_the_shipped_adapter_with_full_depth_by_default():
