@@ -82,25 +82,38 @@ def load_schedule_record(file: str | os.PathLike) -> dict[str, Any]:
     return parsed
 
 
-def read_skip_schedule(model_path: str | None, num_layers: int | None = None) -> SkipConfig | None:
-    """The default schedule recorded in a model directory, or None when it has no schedule file.
+def read_schedule(
+    model_path: str | None, num_layers: int | None = None
+) -> tuple[SkipConfig | None, PresetFamily | None]:
+    """(default schedule, preset family) recorded in a model directory, each None when it has no
+    schedule file (or, for the family, the file names no warm-up or decay).
 
-    With ``num_layers`` the schedule is also resolved for the model, so a schedule that does not
+    With ``num_layers`` the default is also resolved for the model, so a schedule that does not
     fit it fails here, naming the file, rather than at the first request.
     """
     if model_path is None or not os.path.isdir(model_path):
-        return None  # the default model and .gguf files carry no schedule
+        return None, None  # the default model and .gguf files carry no schedule
     file = os.path.join(model_path, SCHEDULE_FILE)
     if not os.path.exists(file):
-        return None
+        return None, None
     record = load_schedule_record(file)
-    default = record["default"]
+    default, family = record["default"], preset_family(record)
     if num_layers is not None:
         try:
-            default.resolve(num_layers, preset_family(record))
+            default.resolve(num_layers, family)
         except ValueError as exc:
             raise ValueError(f"skip schedule file {file}: {exc}") from exc
-    return default
+    return default, family
+
+
+def read_skip_schedule(model_path: str | None, num_layers: int | None = None) -> SkipConfig | None:
+    """The default schedule recorded in a model directory (see :func:`read_schedule`)."""
+    return read_schedule(model_path, num_layers)[0]
+
+
+def read_preset_family(model_path: str | None) -> PresetFamily | None:
+    """The preset family recorded in a model directory (see :func:`read_schedule`)."""
+    return read_schedule(model_path)[1]
 
 
 def preset_family(record: dict[str, Any]) -> PresetFamily | None:
@@ -116,14 +129,6 @@ def preset_family(record: dict[str, Any]) -> PresetFamily | None:
         generic.warmup_layers if source.warmup_layers is None else source.warmup_layers,
         generic.decay_tokens if source.decay_tokens is None else source.decay_tokens,
     )
-
-
-def read_preset_family(model_path: str | None) -> PresetFamily | None:
-    """:func:`preset_family` of a model directory's schedule file (None without one)."""
-    if model_path is None or not os.path.isdir(model_path):
-        return None
-    file = os.path.join(model_path, SCHEDULE_FILE)
-    return preset_family(load_schedule_record(file)) if os.path.exists(file) else None
 
 
 def write_skip_schedule(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from skipdecode.checkpoint_schedule import read_preset_family, read_skip_schedule
+from skipdecode.checkpoint_schedule import read_schedule
 from skipdecode.config import ModelConfig
 from skipdecode.model_runner.adapter import (
     Adapter,
@@ -99,11 +99,10 @@ def load_model(config: ModelConfig) -> LoadedModel:
     adapter = None if adapter_path is None else _load_adapter(adapter_path, path)
     # The adapter's schedule wins: it records what the merged weights were trained for. Both
     # are read (and checked against the model) before the weights, so a bad file fails fast.
-    default_skip = read_skip_schedule(path, hf_config.num_hidden_layers)
-    family = read_preset_family(path)
+    default_skip, family = read_schedule(path, hf_config.num_hidden_layers)
     if adapter_path is not None:
-        default_skip = read_skip_schedule(adapter_path, hf_config.num_hidden_layers) or default_skip
-        family = read_preset_family(adapter_path) or family
+        adapter_skip, adapter_family = read_schedule(adapter_path, hf_config.num_hidden_layers)
+        default_skip, family = adapter_skip or default_skip, adapter_family or family
     weights_path = None if config.load_format == "dummy" else path
     quantization = resolve_quantization(config, path, adapter)
     _warn_if_scalar(quantization, config.torch_dtype)
