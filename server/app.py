@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 import skipdecode
 from skipdecode.async_engine import AsyncEngine
 from skipdecode.config import EngineConfig
+from skipdecode.server.cluster import ClusterView
 from skipdecode.server.config import ServerConfig
 from skipdecode.server.engine_client import EngineClient
 from skipdecode.server.errors import install_error_handlers
@@ -44,8 +45,19 @@ from skipdecode.server.serving_tokens import detokenize, tokenize
 logger = logging.getLogger(__name__)
 
 
-def build_app(engine_config: EngineConfig, server_config: ServerConfig) -> FastAPI:
-    """The app; its lifespan loads the model, starts the engine thread and stops it again."""
+ClusterFactory = Callable[[Metrics, EngineClient], ClusterView]
+
+
+def build_app(
+    engine_config: EngineConfig,
+    server_config: ServerConfig,
+    cluster: ClusterFactory | None = None,
+) -> FastAPI:
+    """The app; its lifespan loads the model, starts the engine thread and stops it again.
+
+    ``cluster``: under a replica runtime, builds the view of all replicas that ``/metrics`` and
+    ``/internal/stats`` report (one app per replica; see ``server/ray_serve.py``).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,10 +75,13 @@ def build_app(engine_config: EngineConfig, server_config: ServerConfig) -> FastA
         app.state.client = EngineClient(async_engine, server_config)
         app.state.metrics = metrics
         app.state.loop = asyncio.get_running_loop()
+        app.state.cluster = None if cluster is None else cluster(metrics, app.state.client)
         logger.info("serving %s (%d layers)", server_config.model_name, engine.num_layers)
         try:
             yield
         finally:
+            if app.state.cluster is not None:
+                await app.state.cluster.close()
             app.state.client.abort_all()
             await asyncio.to_thread(async_engine.shutdown)
 
@@ -111,7 +126,11 @@ def _open_routes() -> APIRouter:
 
     @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
-        body, content_type = request.app.state.metrics.render()
+        cluster = getattr(request.app.state, "cluster", None)
+        if cluster is not None:
+            body, content_type = await cluster.render_metrics()
+        else:
+            body, content_type = request.app.state.metrics.render()
         return Response(body, headers={"Content-Type": content_type})
 
     return router
@@ -165,7 +184,11 @@ def _api_routes(config: ServerConfig) -> APIRouter:
         return detokenize(client, body)
 
     @router.get("/internal/stats", response_model=None, responses=responses(StatsResponse))
-    async def internal_stats(client: Client) -> dict:
-        return client.stats()
+    async def internal_stats(request: Request, client: Client) -> dict:
+        stats: dict = client.stats()
+        cluster = getattr(request.app.state, "cluster", None)
+        if cluster is not None:
+            stats["replicas"] = await cluster.replica_stats()
+        return stats
 
     return router

@@ -44,3 +44,59 @@ class ServerConfig:
     def model_name(self) -> str:
         """The name responses report."""
         return self.served_model_names[0]
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How ``skipdecode serve`` runs on Ray Serve (``server/ray_serve.py``); docs/deploy.md.
+
+    ``replicas``: engine replicas at start (with ``autoscale``: the initial count).
+    ``address``: an existing Ray cluster to join (``auto``, ``HOST:6379``, ``ray://...``); None
+    starts a local one for this process.
+    ``num_cpus_per_replica`` / ``num_gpus_per_replica``: Ray resources each replica reserves.
+    ``threads_per_replica``: torch threads of a replica's engine (None: its whole CPUs, >= 1).
+    ``autoscale``: (min, max) replicas, scaled on ongoing requests toward
+    ``target_ongoing_requests`` per replica; None keeps ``replicas`` fixed.
+    ``max_ongoing_requests``: requests Ray routes to one replica at once; more wait in the proxy.
+    """
+
+    replicas: int = 1
+    address: str | None = None
+    num_cpus_per_replica: float = 1.0
+    num_gpus_per_replica: float = 0.0
+    threads_per_replica: int | None = None
+    autoscale: tuple[int, int] | None = None
+    target_ongoing_requests: float = 32.0
+    max_ongoing_requests: int = 128
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.replicas, int) and self.replicas >= 1):
+            raise ValueError(f"RayConfig.replicas must be an integer >= 1 (got {self.replicas!r})")
+        if self.address is not None and not self.address:
+            raise ValueError("RayConfig.address must not be empty (use None for a local Ray)")
+        if not self.num_cpus_per_replica >= 0:
+            raise ValueError("RayConfig.num_cpus_per_replica must be >= 0")
+        if not self.num_gpus_per_replica >= 0:
+            raise ValueError("RayConfig.num_gpus_per_replica must be >= 0")
+        if self.threads_per_replica is not None and self.threads_per_replica < 1:
+            raise ValueError("RayConfig.threads_per_replica must be >= 1")
+        if self.autoscale is not None:
+            low, high = self.autoscale
+            if not (1 <= low <= high):
+                raise ValueError(
+                    "RayConfig.autoscale must be MIN:MAX with 1 <= MIN <= MAX"
+                    f" (got {self.autoscale})"
+                )
+            if not low <= self.replicas <= high:
+                raise ValueError("RayConfig.replicas must lie within RayConfig.autoscale")
+        if not self.target_ongoing_requests > 0:
+            raise ValueError("RayConfig.target_ongoing_requests must be > 0")
+        if not (isinstance(self.max_ongoing_requests, int) and self.max_ongoing_requests >= 1):
+            raise ValueError("RayConfig.max_ongoing_requests must be an integer >= 1")
+
+    @property
+    def torch_threads(self) -> int:
+        """The replica engine's torch threads."""
+        if self.threads_per_replica is not None:
+            return self.threads_per_replica
+        return max(1, int(self.num_cpus_per_replica))

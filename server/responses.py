@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class ErrorInfo(BaseModel):
@@ -161,6 +161,11 @@ class StatsResponse(BaseModel):
     kv_used_blocks: int
     kv_total_blocks: int
     is_draining: bool
+    replicas: dict[str, dict] | None = Field(
+        default=None,
+        description="Under a replica runtime (Ray Serve): every live replica's own stats and"
+        " process id, by replica id. Absent for a single process.",
+    )
 
 
 class HealthResponse(BaseModel):

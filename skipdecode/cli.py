@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cli_args.add_engine_args(serve)
     cli_args.add_server_args(serve)
+    cli_args.add_ray_args(serve)
     serve.set_defaults(func=run_serve)
     add_bench_parser(commands)
     add_train_parser(commands)
@@ -47,9 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from skipdecode.server.launcher import run_server
+    engine_config, server_config = cli_args.engine_config(args), cli_args.server_config(args)
+    ray_config = cli_args.ray_config(args)
+    if ray_config is None:
+        from skipdecode.server.launcher import run_server
 
-    return run_server(cli_args.engine_config(args), cli_args.server_config(args))
+        return run_server(engine_config, server_config)
+    try:
+        from skipdecode.server.ray_serve import run_ray_server
+    except ImportError as exc:
+        raise SystemExit(
+            f"serving with replicas needs Ray Serve ({exc}): pip install 'skipdecode[ray]'"
+        ) from None
+    return run_ray_server(engine_config, server_config, ray_config)
 
 
 def run_generate(args: argparse.Namespace) -> int:
