@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import threading
 import time
@@ -178,6 +179,32 @@ def build_application(
         **deployment_options(ray_config, server_config)
     )
     return deployment.bind(engine_config, server_config, ray_config.torch_threads)
+
+
+def app_builder(args: dict) -> Any:
+    """Ray Serve application builder (``import_path: skipdecode.server.ray_serve:app_builder``),
+    for ``serve run``/``serve deploy`` and KubeRay's RayService (deploy/k8s/rayservice.yaml).
+
+    ``args["flags"]``: ``skipdecode serve`` flags, as one string or a list; the Ray flags among
+    them size the deployment. ``--host``/``--port``/``--ray-address`` do not apply here: the
+    Serve config's ``http_options`` and the cluster it is deployed to decide those.
+    """
+    from skipdecode import cli_args
+    from skipdecode.cli import build_parser
+
+    flags = args.get("flags", [])
+    unknown = set(args) - {"flags"}
+    if unknown:
+        raise ValueError(f"app_builder args: unknown keys {sorted(unknown)} (only 'flags')")
+    if isinstance(flags, str):
+        flags = shlex.split(flags)
+    parsed = build_parser().parse_args(["serve", *flags])
+    if parsed.ray_address is not None:
+        raise ValueError("app_builder flags: --ray-address has no meaning inside a Serve config")
+    ray_config = cli_args.ray_config(parsed) or RayConfig()
+    return build_application(
+        cli_args.engine_config(parsed), cli_args.server_config(parsed), ray_config
+    )
 
 
 def run_ray_server(

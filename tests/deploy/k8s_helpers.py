@@ -26,7 +26,11 @@ VARIANT_IDS = ["+".join([d.split("/")[-1], *(c.split("/")[-1] for c in cs)]) for
 # Custom resources: not in the Kubernetes schemas, checked field by field below.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 # Files under deploy/k8s that no kustomization lists, on purpose.
-NOT_RENDERED = {"base/secret.example.yaml", "components/hpa/prometheus-adapter-values.yaml"}
+NOT_RENDERED = {
+    "base/secret.example.yaml",
+    "components/hpa/prometheus-adapter-values.yaml",
+    "rayservice.yaml",  # Ray mode, applied on its own (tests/deploy/test_k8s_rayservice.py)
+}
 SECRET_EXAMPLE = K8S / "base" / "secret.example.yaml"
 ADAPTER_VALUES = K8S / "components" / "hpa" / "prometheus-adapter-values.yaml"
 WAITING_SERIES = "skipdecode:num_requests_waiting"
