@@ -4,9 +4,9 @@ our application with the flags it names, and its versions, key and GPUs agree wi
 from __future__ import annotations
 
 import importlib
-import tomllib
 
 import ray
+import tomllib
 import yaml
 from deploy_helpers import REPO
 from k8s_helpers import K8S, SECRET_EXAMPLE, validate
