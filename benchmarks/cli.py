@@ -18,6 +18,7 @@ COMMANDS = {
     "hf": ("hf_generate", "Hugging Face transformers generate(): the naive batched anchor"),
     "gpu": ("gpu_opt", "decode tok/s of random-weight OPT-1.3B/6.7B per batch and speedup"),
     "structured": ("structured", "tokens/s with and without a JSON-schema constraint"),
+    "failover": ("failover", "kill one replica of serve --replicas N under load; what fails"),
 }
 
 
@@ -25,7 +26,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` with its subcommands to the ``skipdecode`` command."""
     bench = subparsers.add_parser(
         "bench",
-        help="benchmarks (throughput, serve, latency, kv, hf, gpu, structured)",
+        help="benchmarks (throughput, serve, latency, kv, hf, gpu, structured, failover)",
         description="Benchmarks of the engine, the server and baselines (docs/benchmarks.md).",
     )
     commands = bench.add_subparsers(dest="bench_command", required=True)
