@@ -215,7 +215,9 @@ def run_ray_server(
         level=server_config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    ray.init(address=ray_config.address, namespace=NAMESPACE, log_to_driver=True)
+    # "local": a fresh Ray for this process, never a cluster some earlier `ray start` left.
+    address = ray_config.address or "local"
+    ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
     location = "HeadOnly" if ray_config.address is None else "EveryNode"
     serve.start(
         http_options={"host": server_config.host, "port": server_config.port, "location": location}
