@@ -2,7 +2,8 @@
 # The Ray Serve path against the single process on this machine (docs/deploy.md, "Measured"):
 #   1. overhead: one process vs Ray with one replica on the same 2 threads, c=1 and c=16;
 #   2. scaling: Ray with two 1-thread replicas at c=16;
-#   3. failover: kill one of two replicas under load (skipdecode bench failover).
+#   3. failover: kill one of two replicas under load (skipdecode bench failover);
+#   4. autoscaling: --autoscale 1:2 under c=16, the replica count every 2 s.
 # Two rounds of (1), alternating, so that drift shows. Resumable: a result that exists is kept.
 #   benchmarks/ray_overhead.sh [OUT]        # default docs/results/ray
 set -euo pipefail
@@ -46,6 +47,17 @@ if need "ray2-c16.json" "failover.json"; then
   bench ray2 16 64
   [[ -s "$OUT/failover.json" ]] || "$BIN/skipdecode" bench failover --base-url "$URL" \
     --workers 8 --max-tokens 32 --kill-after 10 --duration 120 --output-json "$OUT/failover.json"
+  stop
+fi
+if [[ ! -s "$OUT/autoscale.tsv" ]]; then  # 4. autoscaling: 1 replica at rest, up to 2 under load
+  start --autoscale 1:2 --num-cpus-per-replica 1 --target-ongoing-requests 4
+  ( t0=$(date +%s); while true; do
+      n=$(curl -s "$URL/internal/stats" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["replicas"]))' 2>/dev/null || echo "?")
+      echo -e "$(( $(date +%s) - t0 ))\t$n"; sleep 2
+    done ) > "$OUT/autoscale.tmp" &
+  POLL=$!
+  bench autoscale 16 128
+  kill "$POLL"; mv "$OUT/autoscale.tmp" "$OUT/autoscale.tsv"
   stop
 fi
 rm -f "$OUT/server.log"

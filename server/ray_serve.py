@@ -242,7 +242,11 @@ def run_ray_server(
         logger.info("draining the replicas (up to %.0f s)", server_config.shutdown_timeout)
         serve.delete(APP_NAME)  # replicas stop taking requests, finish theirs, then exit
     finally:
-        serve.shutdown()
+        if ray_config.address is None:
+            serve.shutdown()  # our own Ray: Serve goes with it
+        else:  # a shared cluster: leave Serve (and other applications) running
+            with contextlib.suppress(Exception):
+                serve.delete(APP_NAME)
         with contextlib.suppress(ValueError):  # no replica ever started
             ray.kill(ray.get_actor(HUB_NAME, namespace=NAMESPACE))
         ray.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from skipdecode import datasets
+from skipdecode.config import QUANTIZATIONS
 from skipdecode.training import chat, e2e
 from skipdecode.training.cli import _add_data_args, _add_schedule_args, speedup_list
 from skipdecode.training.cli_eval_copy import add_eval_copy_parser
@@ -48,6 +49,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     e2e_parser.add_argument("--max-tokens", type=int, default=80)
     e2e_parser.add_argument("--max-mrs", type=int, default=None, help="only the first MRs")
     e2e_parser.add_argument("--dtype", default="auto", help="engine dtype (auto = bf16)")
+    e2e_parser.add_argument(
+        "--quantization",
+        default="auto",
+        choices=QUANTIZATIONS,
+        help="weights as in serve (auto: a GGUF's blocks as stored; none: float)",
+    )
     e2e_parser.add_argument("--device", default="auto")
     e2e_parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     e2e_parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -178,6 +185,7 @@ def run_eval_e2e(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         max_mrs=args.max_mrs,
         dtype=args.dtype,
+        quantization=args.quantization,
         device=args.device,
         num_resamples=args.bootstrap,
         seed=args.seed,

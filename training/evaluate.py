@@ -58,6 +58,7 @@ class EvalConfig:
     max_tokens: int = 80
     max_mrs: int | None = None  # evaluate only the first MRs (smoke runs)
     dtype: str = "auto"
+    quantization: str = "auto"  # weight-only int8/int4 as the server runs them (none: float)
     device: str = "auto"
     num_resamples: int = 1000
     seed: int = 0
@@ -162,6 +163,7 @@ def evaluate_model(
         spec.path,
         adapter=spec.adapter,
         dtype=cfg.dtype,
+        quantization=cfg.quantization,
         device=cfg.device,
         max_num_seqs=max(1, len(eval_set.mrs)),
     )
