@@ -32,6 +32,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=90.0, help="seconds of load in all")
     parser.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     parser.add_argument("--output-json", default=None)
+    parser.set_defaults(func=run)
 
 
 def _replicas(client: httpx.Client) -> dict[str, dict]:

@@ -32,7 +32,7 @@ ALPHA=${ALPHA:-48}
 APPLY_TO=${APPLY_TO:-skipping}  # gated: the adapter changes only tokens that skip; 1x = the base model
 BATCH=${BATCH:-16}
 if [[ "$APPLY_TO" == skipping ]]; then
-  EPOCHS=${EPOCHS:-0.75}
+  EPOCHS=${EPOCHS:-0.6}  # 48 steps of 16: 1,024 prompts and the ~233 copy prompts the teacher got right
   SPEEDUPS_TRAIN=${SPEEDUPS_TRAIN:-2,3}  # 1x batches teach a gated adapter nothing
 else
   EPOCHS=${EPOCHS:-1}
@@ -42,7 +42,7 @@ KL_WEIGHT=${KL_WEIGHT:-1.0}
 OBJECTIVE=${OBJECTIVE:-distill}
 DECAY_TOKENS=${DECAY_TOKENS:-32}
 WARMUP_LAYERS=${WARMUP_LAYERS:-3}  # recorded in skip_schedule.json: {"speedup": 2} then resolves to it
-COPY_PROMPTS=${COPY_PROMPTS:-0}  # synthetic copy prompts added to the distillation data
+COPY_PROMPTS=${COPY_PROMPTS:-384}  # synthetic copy prompts added to the distillation data
 SPEEDUPS_EVAL=${SPEEDUPS_EVAL:-1,2,3,4,5}
 SPEEDUPS_E2E=${SPEEDUPS_E2E:-1,2,3}
 DEVICE=${DEVICE:-auto}
