@@ -152,6 +152,10 @@ def deployment_options(ray_config: RayConfig, server_config: ServerConfig) -> di
         "ray_actor_options": {
             "num_cpus": ray_config.num_cpus_per_replica,
             "num_gpus": ray_config.num_gpus_per_replica,
+            # The app is async and never blocks its loop (the engine has its own thread), so it
+            # runs on the replica's own event loop: one thread hop less per streamed chunk, 17%
+            # more tokens/s at 16 streams on a 2-core CPU (docs/deploy.md, "Measured").
+            "runtime_env": {"env_vars": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}},
         },
         "max_ongoing_requests": ray_config.max_ongoing_requests,
         "graceful_shutdown_timeout_s": server_config.shutdown_timeout + SHUTDOWN_MARGIN_S,
