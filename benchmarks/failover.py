@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from skipdecode.benchmarks.serve_client import check_loopback
 
@@ -44,12 +45,16 @@ def _replicas(client: httpx.Client) -> dict[str, dict]:
     return replicas
 
 
-def _served(client: httpx.Client, replica: str) -> float:
-    total = 0.0
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("skipdecode:request_success_total{") and f'replica="{replica}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def requests_by_replica(metrics_text: str) -> dict[str, float]:
+    """Finished requests per replica, from the merged ``/metrics`` of ``serve --replicas N``."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "skipdecode:request_success":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    replica = sample.labels["replica"]
+                    counts[replica] = counts.get(replica, 0.0) + sample.value
+    return counts
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         newcomers = set(_replicas(client)) - set(before)
         if newcomers and reported_at is None:
             reported_at = now
-        if newcomers and served_at is None and any(_served(client, r) for r in newcomers):
+        served = requests_by_replica(client.get("/metrics").text) if newcomers else {}
+        if served_at is None and any(served.get(r, 0) for r in newcomers):
             served_at = now
         time.sleep(0.5)
     stop.set()

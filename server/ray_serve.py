@@ -60,12 +60,20 @@ class ReplicaHub:
     def remove(self, replica: str) -> None:
         self._reports.pop(replica, None)
 
-    def snapshot(self) -> dict[str, tuple[list, dict]]:
+    def families(self) -> dict[str, list]:
+        """Each live replica's metric families."""
+        return {replica: fams for replica, (_, fams, _) in self._live().items()}
+
+    def stats(self) -> dict[str, dict]:
+        """Each live replica's stats."""
+        return {replica: stats for replica, (_, _, stats) in self._live().items()}
+
+    def _live(self) -> dict[str, tuple[float, list, dict]]:
         now = time.monotonic()
         for replica, (at, _, _) in list(self._reports.items()):
             if now - at > STALE_AFTER_S:
                 del self._reports[replica]
-        return {replica: (fams, stats) for replica, (_, fams, stats) in self._reports.items()}
+        return self._reports
 
 
 def replica_hub() -> Any:
@@ -84,30 +92,31 @@ class RayReplicaView:
         self._metrics, self._client, self._replica, self._hub = metrics, client, replica, hub
         self._task = asyncio.get_running_loop().create_task(self._report_forever())
 
-    def _own(self) -> tuple[list, dict]:
-        stats = {**self._client.stats(), "pid": os.getpid()}
-        return list(self._metrics.registry.collect()), stats
+    def _own_stats(self) -> dict:
+        return {**self._client.stats(), "pid": os.getpid()}
+
+    def _own_families(self) -> list:
+        return list(self._metrics.registry.collect())
 
     async def _report_forever(self) -> None:
         while True:
             try:
-                await self._hub.report.remote(self._replica, *self._own())
+                await self._hub.report.remote(
+                    self._replica, self._own_families(), self._own_stats()
+                )
             except Exception:  # the hub restarting: keep serving, report again later
                 logger.warning("replica %s could not report to the hub", self._replica)
             await asyncio.sleep(REPORT_INTERVAL_S)
 
-    async def _everyone(self) -> dict[str, tuple[list, dict]]:
-        reports = await self._hub.snapshot.remote()
-        reports[self._replica] = self._own()  # this replica's own series are always fresh
-        return reports
-
     async def render_metrics(self) -> tuple[bytes, str]:
-        reports = await self._everyone()
-        return render_merged({r: fams for r, (fams, _) in reports.items()}), CONTENT_TYPE_LATEST
+        families = await self._hub.families.remote()
+        families[self._replica] = self._own_families()  # this replica's own: always fresh
+        return render_merged(families), CONTENT_TYPE_LATEST
 
     async def replica_stats(self) -> dict[str, dict]:
-        reports = await self._everyone()
-        return {r: stats for r, (_, stats) in sorted(reports.items())}
+        stats = await self._hub.stats.remote()
+        stats[self._replica] = self._own_stats()
+        return dict(sorted(stats.items()))
 
     async def close(self) -> None:
         self._task.cancel()

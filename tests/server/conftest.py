@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -85,6 +86,32 @@ class ServerProcess:
 
     def http(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.headers, timeout=120)
+
+
+def streams_cut_short(
+    server: ServerProcess, endpoint: str, body: dict, num_streams: int, num_chunks: int = 3
+) -> list[int]:
+    """Open ``num_streams`` streams at once and hang up on each after ``num_chunks`` SSE chunks;
+    returns the chunks each stream read."""
+
+    async def cut_short(client: httpx.AsyncClient) -> int:
+        read = 0
+        async with client.stream("POST", endpoint, json=body) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                read += line.startswith("data: ")
+                if read == num_chunks:
+                    break  # leaving the block closes the connection mid-stream
+        return read
+
+    async def run() -> list[int]:
+        limits = httpx.Limits(max_connections=num_streams)
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=server.headers, timeout=120, limits=limits
+        ) as client:
+            return list(await asyncio.gather(*(cut_short(client) for _ in range(num_streams))))
+
+    return asyncio.run(run())
 
 
 def tiny_args(model_dir: Path, *extra: str) -> list[str]:

@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from conftest import ServerProcess, tiny_args
+from conftest import ServerProcess, streams_cut_short, tiny_args
 from prometheus_client.parser import text_string_to_metric_families
 
 SKIPS = [
@@ -105,24 +105,7 @@ def test_disconnected_streams_free_everything(server, http, endpoint):
         }
     body.update(stream=True, ignore_eos=True, temperature=1.0, seed=0)
 
-    async def cut_short(client: httpx.AsyncClient) -> int:
-        num_chunks = 0
-        async with client.stream("POST", endpoint, json=body) as response:
-            assert response.status_code == 200
-            async for line in response.aiter_lines():
-                num_chunks += line.startswith("data: ")
-                if num_chunks == 3:
-                    break  # leaving the block closes the connection mid-stream
-        return num_chunks
-
-    async def run():
-        limits = httpx.Limits(max_connections=num_streams)
-        async with httpx.AsyncClient(
-            base_url=server.url, headers=server.headers, timeout=120, limits=limits
-        ) as client:
-            return await asyncio.gather(*(cut_short(client) for _ in range(num_streams)))
-
-    assert asyncio.run(run()) == [3] * num_streams
+    assert streams_cut_short(server, endpoint, body, num_streams) == [3] * num_streams
     stats = wait_for_idle(http)
     assert stats["num_unfinished"] == 0
     # They ended by abort, not by running to max_tokens.

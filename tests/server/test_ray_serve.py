@@ -14,8 +14,9 @@ import time
 
 import httpx
 import pytest
-from conftest import DEFAULT_SKIP, ServerProcess, tiny_args
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import DEFAULT_SKIP, ServerProcess, streams_cut_short, tiny_args
+
+from skipdecode.benchmarks.failover import requests_by_replica
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 SKIP = {"speedup": 2}
@@ -59,15 +60,7 @@ def replica_stats(proc: ServerProcess) -> dict[str, dict]:
 
 
 def successes_by_replica(proc: ServerProcess) -> dict[str, float]:
-    text = httpx.get(f"{proc.url}/metrics", timeout=30).text
-    counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "skipdecode:request_success":
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    replica = sample.labels["replica"]
-                    counts[replica] = counts.get(replica, 0.0) + sample.value
-    return counts
+    return requests_by_replica(httpx.get(f"{proc.url}/metrics", timeout=30).text)
 
 
 def all_idle(proc: ServerProcess) -> dict[str, dict] | None:
@@ -150,24 +143,7 @@ def test_streams_cut_through_the_proxy_free_every_replica(ray_server):
     body = {"model": "tiny", "prompt": "Keep talking", "max_tokens": 100, "stream": True}
     body.update(ignore_eos=True, temperature=1.0, seed=0)
 
-    async def cut_short(client: httpx.AsyncClient) -> int:
-        num_chunks = 0
-        async with client.stream("POST", "/v1/completions", json=body) as response:
-            assert response.status_code == 200
-            async for line in response.aiter_lines():
-                num_chunks += line.startswith("data: ")
-                if num_chunks == 3:
-                    break  # leaving the block closes the connection mid-stream
-        return num_chunks
-
-    async def run() -> list[int]:
-        limits = httpx.Limits(max_connections=40)
-        async with httpx.AsyncClient(
-            base_url=ray_server.url, headers=ray_server.headers, timeout=120, limits=limits
-        ) as client:
-            return await asyncio.gather(*(cut_short(client) for _ in range(40)))
-
-    assert asyncio.run(run()) == [3] * 40
+    assert streams_cut_short(ray_server, "/v1/completions", body, 40) == [3] * 40
     stats = wait_for(lambda: all_idle(ray_server), "every replica idle", timeout=60)
     assert len(stats) == 2
     assert all(s["num_open_responses"] == 0 for s in stats.values())
