@@ -17,6 +17,7 @@ from skipdecode.async_engine import AsyncEngine
 from skipdecode.config import EngineConfig
 from skipdecode.server.cluster import ClusterView
 from skipdecode.server.config import ServerConfig
+from skipdecode.server.core_client import EngineCoreClient
 from skipdecode.server.engine_client import EngineClient
 from skipdecode.server.errors import install_error_handlers
 from skipdecode.server.metrics import Metrics
@@ -61,17 +62,9 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from skipdecode.engine import Engine  # torch: imported when the server starts
-
-        engine = await asyncio.to_thread(Engine, engine_config)
         metrics = Metrics(server_config.model_name)  # its own registry: one per app
-        async_engine = AsyncEngine(
-            engine,
-            max_queue_len=server_config.max_queue_len,
-            step_loggers=[metrics.observe_step],
-            request_loggers=[metrics.observe_request],
-        )
-        async_engine.start()
+        async_engine = await _start_engine(engine_config, server_config, metrics)
+        engine = async_engine.engine
         app.state.client = EngineClient(async_engine, server_config)
         app.state.metrics = metrics
         app.state.loop = asyncio.get_running_loop()
@@ -96,6 +89,29 @@ def build_app(
     if server_config.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=server_config.api_key)
     return app
+
+
+async def _start_engine(
+    engine_config: EngineConfig, server_config: ServerConfig, metrics: Metrics
+) -> AsyncEngine | EngineCoreClient:
+    """The engine in its own process (``server_config.engine_process``), or on a thread here."""
+    loggers = {"step_loggers": [metrics.observe_step], "request_loggers": [metrics.observe_request]}
+    if server_config.engine_process:
+        core = EngineCoreClient(
+            engine_config,
+            max_queue_len=server_config.max_queue_len,
+            num_threads=server_config.engine_threads,
+            log_level=server_config.log_level,
+            **loggers,
+        )
+        await asyncio.to_thread(core.start, asyncio.get_running_loop())
+        return core
+    from skipdecode.engine import Engine  # torch: imported when the server starts
+
+    engine = await asyncio.to_thread(Engine, engine_config)
+    async_engine = AsyncEngine(engine, max_queue_len=server_config.max_queue_len, **loggers)
+    async_engine.start()
+    return async_engine
 
 
 def begin_shutdown(app: FastAPI, timeout: float) -> None:

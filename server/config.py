@@ -14,6 +14,9 @@ class ServerConfig:
     ``max_queue_len``: requests waiting for the engine before new ones get 503 (None: no limit).
     ``shutdown_timeout``: seconds in-flight requests get to finish after SIGTERM.
     ``max_request_bytes``: larger request bodies get 413 before they are parsed.
+    ``engine_process``: run the engine in a process of its own (server/core_client.py), as
+    ``skipdecode serve`` does by default; False keeps it on a thread of this process.
+    ``engine_threads``: torch threads of the engine process (None: the CPUs this process may use).
     """
 
     served_model_names: tuple[str, ...]
@@ -24,6 +27,8 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     log_level: str = "info"
     max_request_bytes: int = 4 * 1024 * 1024
+    engine_process: bool = False
+    engine_threads: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "served_model_names", tuple(self.served_model_names))
@@ -39,6 +44,10 @@ class ServerConfig:
             raise ValueError("ServerConfig.max_request_bytes must be an integer >= 1")
         if not self.shutdown_timeout >= 0:
             raise ValueError("ServerConfig.shutdown_timeout must be >= 0")
+        if self.engine_threads is not None and not (
+            isinstance(self.engine_threads, int) and self.engine_threads >= 1
+        ):
+            raise ValueError("ServerConfig.engine_threads must be an integer >= 1")
 
     @property
     def model_name(self) -> str:

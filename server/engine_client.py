@@ -11,6 +11,7 @@ from skipdecode.chat import render_chat
 from skipdecode.scheduler import PresetFamily, SkipConfig, StructuredOutput
 from skipdecode.server.choice_stream import ChoiceSpec, ChoiceStream
 from skipdecode.server.config import ServerConfig
+from skipdecode.server.core_client import EngineCoreClient
 from skipdecode.server.errors import APIError, as_invalid_request, unavailable
 from skipdecode.server.protocol import SkipRequest
 
@@ -31,7 +32,7 @@ class EngineClient:
     engine's state stays with the AsyncEngine and its thread.
     """
 
-    def __init__(self, async_engine: AsyncEngine, config: ServerConfig) -> None:
+    def __init__(self, async_engine: AsyncEngine | EngineCoreClient, config: ServerConfig) -> None:
         self.async_engine = async_engine
         self.config = config
         engine = async_engine.engine
@@ -205,14 +206,14 @@ class EngineClient:
 
     def stats(self) -> dict[str, int | bool]:
         """Engine occupancy, read from the event loop (plain counters; for tests and ops)."""
-        engine = self.async_engine.engine
+        occupancy = self.async_engine.occupancy()
         return {
-            "num_running": len(engine.scheduler.running),
-            "num_waiting": len(engine.scheduler.waiting),
+            "num_running": occupancy["num_running"],
+            "num_waiting": occupancy["num_waiting"],
             "num_unfinished": self.async_engine.num_unfinished,
             "num_open_responses": len(self._live),
-            "kv_used_blocks": engine.kv_cache.num_used_blocks,
-            "kv_total_blocks": engine.kv_cache.num_blocks,
+            "kv_used_blocks": occupancy["kv_used_blocks"],
+            "kv_total_blocks": occupancy["kv_total_blocks"],
             "is_draining": self.is_draining,
         }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
@@ -191,6 +192,8 @@ def build_application(
     deployment = serve.deployment(SkipdecodeReplica).options(
         **deployment_options(ray_config, server_config)
     )
+    # A replica is a process of its own already: its engine steps on a thread of it.
+    server_config = dataclasses.replace(server_config, engine_process=False)
     return deployment.bind(engine_config, server_config, ray_config.torch_threads)
 
 

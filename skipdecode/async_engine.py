@@ -90,6 +90,16 @@ class AsyncEngine:
     def num_unfinished(self) -> int:
         return len(self._streams)
 
+    def occupancy(self) -> dict[str, int]:
+        """The scheduler's and the KV cache's counts (plain reads from another thread)."""
+        engine = self.engine
+        return {
+            "num_running": len(engine.scheduler.running),
+            "num_waiting": len(engine.scheduler.waiting),
+            "kv_used_blocks": engine.kv_cache.num_used_blocks,
+            "kv_total_blocks": engine.kv_cache.num_blocks,
+        }
+
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the loop thread (after aborting whatever is still running)."""
         self._inbox.put(("shutdown", None))

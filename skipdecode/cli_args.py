@@ -128,6 +128,19 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    group.add_argument(
+        "--engine-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step the engine in a process of its own, talking to the HTTP process over ZMQ"
+        " (default); --no-engine-process keeps it on a thread of the HTTP process",
+    )
+    group.add_argument(
+        "--engine-threads",
+        type=int,
+        default=None,
+        help="torch threads of the engine process (default: every CPU the server may use)",
+    )
 
 
 def server_config(args: argparse.Namespace) -> ServerConfig:
@@ -141,6 +154,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         shutdown_timeout=args.shutdown_timeout,
         log_level=args.log_level,
         max_request_bytes=args.max_request_bytes,
+        engine_process=args.engine_process,
+        engine_threads=args.engine_threads,
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import replace
@@ -15,6 +14,7 @@ from skipdecode.kv_cache import KVCacheManager, num_blocks_for_budget
 from skipdecode.loading import LoadedModel, load_model
 from skipdecode.model_runner.runner import ModelRunner
 from skipdecode.outputs import RequestOutput, snapshot
+from skipdecode.request_factory import RequestFactory
 from skipdecode.scheduler import (
     PresetFamily,
     Request,
@@ -59,9 +59,21 @@ class Engine:
             loaded.model, num_blocks, config.cache.block_size, loaded.kv_shape
         )
         self.eos_token_ids = loaded.eos_token_ids
+        # False when another process detokenizes (the engine-core process: snapshots carry no
+        # text, and stop strings are that process's to find).
+        self.detokenize = True
         self._detokenizers: dict[str, IncrementalDetokenizer] = {}
-        self._ids = itertools.count()
         self.grammars = GrammarCompiler(self.tokenizer, self.runner.vocab_size)
+        self.requests = RequestFactory(
+            self.tokenizer,
+            self.hf_config.vocab_size,
+            self.num_layers,
+            self.default_skip,
+            self.preset_family,
+            self.scheduler,
+            self.eos_token_ids,
+            self.grammars,
+        )
         self.resolve_skip(config.skip)  # a bad default fails at start-up, not per request
 
     def _num_blocks(self, loaded: LoadedModel) -> int:
@@ -83,18 +95,10 @@ class Engine:
 
     def resolve_skip(self, skip: SkipConfig | None):
         """The depth schedule for a request's skip setting (None: the engine's default)."""
-        skip = skip if skip is not None else self.default_skip
-        return (skip or SkipConfig()).resolve(self.num_layers, self.preset_family)
+        return self.requests.resolve_skip(skip)
 
     def tokenize(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("this model has no tokenizer: pass prompt token ids")
-            return list(self.tokenizer(prompt, add_special_tokens=True).input_ids)
-        vocab = self.hf_config.vocab_size
-        if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt):
-            raise ValueError(f"prompt token ids must be integers in [0, {vocab})")
-        return list(prompt)
+        return self.requests.tokenize(prompt)
 
     def make_request(
         self,
@@ -107,26 +111,12 @@ class Engine:
 
         Touches no engine state, so any thread may call it.
         """
-        prompt_ids = self.tokenize(prompt)
-        if not prompt_ids:
-            raise ValueError("prompt must not be empty")
-        request = Request(
-            request_id=request_id if request_id is not None else f"req-{next(self._ids)}",
-            prompt_token_ids=prompt_ids,
-            sampling_params=params or SamplingParams(),
-            schedule=self.resolve_skip(skip),
-            eos_token_ids=self.eos_token_ids,
-        )
-        self.scheduler.check_request(request)
-        constraint = request.sampling_params.structured_output
-        if constraint is not None:
-            request.grammar = self.grammars.grammar(constraint)
-        return request
+        return self.requests.make_request(prompt, params, skip, request_id)
 
     def add(self, request: Request) -> None:
         """Queue a request built by ``make_request``."""
         self.scheduler.add_request(request)
-        if self.tokenizer is not None:
+        if self.tokenizer is not None and self.detokenize:
             params = request.sampling_params
             self._detokenizers[request.request_id] = IncrementalDetokenizer(
                 self.tokenizer,
@@ -165,16 +155,25 @@ class Engine:
 
     def step_with_stats(self) -> tuple[list[RequestOutput], StepStats | None]:
         """``step()``, plus the step's figures (None when nothing was scheduled)."""
+        start = time.perf_counter()
+        updated, stats = self.step_requests()
+        outputs = [self._process(request) for request in updated]
+        if stats is not None:
+            stats.step_seconds = time.perf_counter() - start
+        return outputs, stats
+
+    def step_requests(self) -> tuple[list[Request], StepStats | None]:
+        """Schedule, run, update; returns the requests that got a token (no snapshots, no
+        text) and the step's figures (None when nothing was scheduled)."""
         start, preemptions_before = time.perf_counter(), self.scheduler.num_preemptions
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty:
             return [], None
         result = self.runner.run(scheduled)
         updated = self.scheduler.update(scheduled, result)
-        outputs = [self._process(request) for request in updated]
         stats = self._step_stats(scheduled, len(result.sampled_token_ids), preemptions_before)
         stats.step_seconds = time.perf_counter() - start
-        return outputs, stats
+        return updated, stats
 
     def _step_stats(self, scheduled, num_sampled: int, preemptions_before: int) -> StepStats:
         generated_depths, num_prompt_tokens, depths = [], 0, set()

@@ -29,6 +29,7 @@ def test_serve_flags_build_both_configs(monkeypatch):
         api_key=None,
         max_queue_len=3,
         shutdown_timeout=2.5,
+        engine_process=True,  # the default: the engine steps in a process of its own
     )
     engine = cli_args.engine_config(args)
     assert (engine.model.model, engine.model.dtype, engine.model.max_model_len) == (
