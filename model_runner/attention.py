@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from skipdecode.model_runner.context import LayerContext, StepContext
@@ -58,7 +59,8 @@ def attend(query: torch.Tensor, ctx: LayerContext, scale: float) -> torch.Tensor
         keys = key_rows.index_select(0, rows).view(shape)
         values = value_rows.index_select(0, rows).view(shape)
         queries = _gather(query, group.row_index)  # [S, max_q, heads, head_dim]
-        out = grouped_attention(queries, keys, values, group.mask, scale)
+        attention = prefill_attention if queries.shape[1] > 1 else grouped_attention
+        out = attention(queries, keys, values, group.mask, scale)
         outputs.append(out.reshape(-1, query.shape[1] * head_dim))
     flat = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     return flat if ctx.plan.out_is_identity else flat.index_select(0, ctx.plan.out_index)
@@ -96,6 +98,28 @@ def grouped_attention(
     out = torch.matmul(probs.view(num_kv_heads, num_seqs, group * num_q, -1), values)
     out = out.view(num_kv_heads, num_seqs, group, num_q, head_dim).permute(1, 3, 0, 2, 4)
     return out.reshape(num_seqs, num_q, num_heads, head_dim)
+
+
+def prefill_attention(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """``grouped_attention`` for chunks of many queries, through PyTorch's fused
+    ``scaled_dot_product_attention`` (on CPU a blocked kernel that never holds the whole
+    [Q, K] score matrix, so long prompts cost memory and time in proportion to their blocks).
+
+    Same shapes and result as ``grouped_attention``; every query row must attend to at least
+    one key (the step's masks let padded rows see key 0).
+    """
+    q = queries.transpose(1, 2)  # [S, H, Q, D]
+    k, v = keys.transpose(0, 1), values.transpose(0, 1)  # [S, KVH, K, D]
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+    return out.transpose(1, 2)  # [S, Q, H, D]
 
 
 def run_layers(layers: nn.ModuleList, hidden: torch.Tensor, ctx: StepContext) -> torch.Tensor:

@@ -10,6 +10,12 @@ from skipdecode.model_runner.quant import DEFAULT_GROUP_SIZE, INT4_GROUP_SIZES
 from skipdecode.scheduler import SamplingParams, SchedulerConfig, SkipConfig
 from skipdecode.server.config import RayConfig, ServerConfig
 
+# Tokens one step computes, all chunks together. On CPU a step's time grows with its tokens (a
+# 2,048-token prompt chunk takes seconds), and every stream waits for the whole step: a small
+# budget keeps inter-token latency bounded under load (docs/benchmarks.md).
+CPU_STEP_TOKENS = 256
+GPU_STEP_TOKENS = 2048
+
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and engine")
@@ -29,7 +35,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--max-num-seqs", type=int, default=64, help="sequences running at once")
     group.add_argument(
-        "--max-num-batched-tokens", type=int, default=2048, help="tokens computed per step"
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help=f"tokens computed per step (default: {CPU_STEP_TOKENS} on CPU, where a step's"
+        f" prompt chunk delays every stream, {GPU_STEP_TOKENS} on CUDA)",
     )
     group.add_argument("--block-size", type=int, default=16, help="KV positions per block")
     group.add_argument(
@@ -221,24 +231,33 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     )
 
 
+def step_token_budget(requested: int | None, model: ModelConfig) -> int:
+    """``--max-num-batched-tokens``, or the default for the device the model runs on."""
+    if requested is not None:
+        return requested
+    return CPU_STEP_TOKENS if model.torch_device.type == "cpu" else GPU_STEP_TOKENS
+
+
 def engine_config(args: argparse.Namespace) -> EngineConfig:
+    model = ModelConfig(
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        max_model_len=args.max_model_len,
+        adapter=args.adapter,
+        quantization=args.quantization,
+        quantization_group_size=args.quantization_group_size,
+    )
     return EngineConfig(
-        model=ModelConfig(
-            model=args.model,
-            dtype=args.dtype,
-            device=args.device,
-            max_model_len=args.max_model_len,
-            adapter=args.adapter,
-            quantization=args.quantization,
-            quantization_group_size=args.quantization_group_size,
-        ),
+        model=model,
         cache=CacheConfig(
             block_size=args.block_size,
             kv_cache_memory_gib=args.kv_cache_memory,
             gpu_memory_utilization=args.gpu_memory_utilization,
         ),
         scheduler=SchedulerConfig(
-            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=step_token_budget(args.max_num_batched_tokens, model),
         ),
         skip=skip_config(args),
     )
