@@ -105,6 +105,7 @@ async def _start_engine(
             **loggers,
         )
         await asyncio.to_thread(core.start, asyncio.get_running_loop())
+        metrics.watch_engine_process(core.engine.pid)
         return core
     from skipdecode.engine import Engine  # torch: imported when the server starts
 

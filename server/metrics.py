@@ -184,6 +184,13 @@ class Metrics:
         if stats.num_generation_tokens > 0 and math.isfinite(stats.theoretical_speedup):
             self.theoretical_speedup.observe(stats.theoretical_speedup)
 
+    def watch_engine_process(self, pid: int) -> None:
+        """Export the engine-core process's CPU, memory and file descriptors as ``engine_process_*``
+        (the ``process_*`` series describe the API server process)."""
+        prometheus_client.ProcessCollector(
+            namespace="engine", pid=lambda: pid, registry=self.registry
+        )
+
     def render(self) -> tuple[bytes, str]:
         """The exposition for ``GET /metrics``: (body, content type), Prometheus text format."""
         return prometheus_client.generate_latest(

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import zmq
 from conftest import ServerProcess, tiny_args
+from prometheus_client.parser import text_string_to_metric_families
 
 from skipdecode.config import CacheConfig, EngineConfig, ModelConfig
 from skipdecode.core_protocol import (
@@ -198,6 +199,10 @@ def test_killed_engine_process_fails_requests_fast_and_health_503(process_server
     # Besides the core, multiprocessing's resource tracker runs as a child.
     (core_process,) = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
     body = {"model": "tiny", "prompt": "Keep going", "max_tokens": 100, "ignore_eos": True}
+    with process_server.http() as http:  # /metrics describes the engine process too
+        families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+    (sample,) = families["engine_process_resident_memory_bytes"].samples
+    assert sample.value == pytest.approx(core_process.memory_info().rss, rel=0.2)
 
     async def in_flight():
         async with httpx.AsyncClient(
