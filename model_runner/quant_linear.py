@@ -140,6 +140,19 @@ def quantized_linear(
     return Int4Linear.from_int8_groups(qweight, bias, dtype)
 
 
+HEAD_NAMES = ("lm_head",)  # the output projection of the supported architectures
+
+
+def layer_mode(path: str, mode: str) -> str:
+    """How the linear at ``path`` is quantized under ``mode``: the LM head keeps 8 bits under
+    int4. Its error lands directly on every logit (at 4 bits it costs the default model's text
+    four times what 4-bit decoder layers do; docs/quality.md), and llama.cpp's 4-bit K-quants
+    likewise keep their output tensor at 6 bits."""
+    if mode == "int4" and path.rsplit(".", 1)[-1] in HEAD_NAMES:
+        return "int8"
+    return mode
+
+
 def quantize_model(
     model: nn.Module,
     mode: str,
@@ -151,8 +164,8 @@ def quantize_model(
     ``stored`` maps a linear's weight name (``model.layers.0.mlp.down_proj.weight``) to a weight
     the checkpoint holds quantized already (GGUF blocks), used as it is. ``mode`` "int8" or
     "int4" quantizes every other linear from its float weight; "gguf" leaves them float. The
-    LM head is a linear like the others: tied to the embedding, it gets its own quantized copy
-    and the embedding lookup stays float.
+    LM head, tied to the embedding, gets its own quantized copy and the embedding lookup stays
+    float; under "int4" the head is quantized as int8 (``head_mode``).
     """
     stored = stored or {}
     dtype = next(model.parameters()).dtype
@@ -168,7 +181,7 @@ def quantize_model(
         if qweight is None and mode == "gguf":
             continue  # a float tensor in the file stays float
         if qweight is None:
-            qweight = quantize_weight(linear.weight, mode, group_size, dtype)
+            qweight = quantize_weight(linear.weight, layer_mode(path, mode), group_size, dtype)
         elif qweight.shape != tuple(linear.weight.shape):
             raise ValueError(f"{path}: stored {qweight.shape}, model {tuple(linear.weight.shape)}")
         setattr(parent, name, quantized_linear(qweight, linear.bias, dtype))

@@ -84,7 +84,8 @@ def add_quantization_args(group: argparse._ActionsContainer) -> None:
         default="auto",
         choices=QUANTIZATIONS,
         help="weight-only quantization of every linear and the LM head, on CPU: int8 (one"
-        " scale per output channel), int4 (groups of --quantization-group-size), none (float);"
+        " scale per output channel), int4 (groups of --quantization-group-size; the LM head int8),"
+        " none (float);"
         " auto (default): a GGUF file's Q4_0/Q4_1/Q8_0 tensors served as stored when running"
         " in bf16 on CPU (the kernels' vectorized path), else none",
     )

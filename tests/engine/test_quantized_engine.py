@@ -38,9 +38,11 @@ def quantized_twin(directory, mode: str):
     """The checkpoint's HF model with every linear holding its dequantized quantization."""
     hf = load_hf(directory)
     with torch.no_grad():
-        for module in hf.modules():
+        for path, module in hf.named_modules():
             if isinstance(module, nn.Linear):  # lm_head: a new parameter unties it
-                qweight = quantize_weight(module.weight, mode, DEFAULT_GROUP_SIZE, torch.float32)
+                # The head keeps 8 bits under int4.
+                kind = "int8" if mode == "int4" and path == "lm_head" else mode
+                qweight = quantize_weight(module.weight, kind, DEFAULT_GROUP_SIZE, torch.float32)
                 module.weight = nn.Parameter(qweight.dequantize(), requires_grad=False)
     return hf
 
@@ -71,7 +73,8 @@ def test_engine_matches_the_reference_on_the_same_quantized_weights(case, skip_n
     mode, directory, llm, twin = case
     model = llm.engine.runner.model
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert linears == [] and isinstance(model.lm_head, MODULES[mode])
+    assert linears == [] and isinstance(model.lm_head, Int8Linear)  # 8 bits under int4 too
+    assert any(isinstance(m, MODULES[mode]) for n, m in model.named_modules() if n != "lm_head")
     assert llm.quantization == mode
     skip = SKIPS[skip_name]
     schedule = skip.resolve(NUM_LAYERS)

@@ -184,6 +184,13 @@ def test_quantize_model_swaps_fused_projections_and_the_tied_head_but_not_the_em
     torch.testing.assert_close(model.attn.qkv_proj(x), expected_qkv, atol=0.05, rtol=0)
 
 
+def test_int4_keeps_the_head_at_8_bits():
+    model = TinyLM()
+    fuse_projections(model)
+    assert quantize_model(model, "int4", 32) == 2
+    assert isinstance(model.attn.qkv_proj, Int4Linear) and isinstance(model.lm_head, Int8Linear)
+
+
 def test_fusing_stacks_stored_blocks_and_leaves_a_mix_unfused():
     def stored_for(model, names):
         return {
