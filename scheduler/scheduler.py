@@ -19,18 +19,33 @@ from skipdecode.scheduler.request import Request, RequestStatus, TokenLogprobs
 logger = logging.getLogger(__name__)
 
 
+# Tokens one step computes, all chunks together, when the config leaves it to the device. On CPU
+# a step's time grows with its tokens (a 2,048-token prompt chunk takes seconds) and every
+# stream waits for the whole step: a small budget bounds inter-token latency under load
+# (docs/benchmarks.md).
+CPU_STEP_TOKENS = 256
+GPU_STEP_TOKENS = 2048
+
+
+def default_step_tokens(device_type: str) -> int:
+    """The step token budget for a model on ``device_type`` ("cpu", "cuda", ...)."""
+    return CPU_STEP_TOKENS if device_type == "cpu" else GPU_STEP_TOKENS
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     """Limits of one engine step and of one sequence."""
 
     max_num_seqs: int = 64  # sequences running at once
-    max_num_batched_tokens: int = 2048  # tokens computed per step (all chunks together)
+    # Tokens computed per step (all chunks together); None: default_step_tokens of the device,
+    # resolved by the engine.
+    max_num_batched_tokens: int | None = 2048
     max_model_len: int | None = None  # prompt + generated tokens; None: the model's length
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
             value = getattr(self, name)
-            if name == "max_model_len" and value is None:
+            if name != "max_num_seqs" and value is None:
                 continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"SchedulerConfig.{name} must be an integer >= 1 (got {value!r})")
@@ -43,8 +58,11 @@ class Scheduler:
     """
 
     def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
-        if config.max_model_len is None:
-            raise ValueError("Scheduler needs SchedulerConfig.max_model_len resolved to a number")
+        if config.max_model_len is None or config.max_num_batched_tokens is None:
+            raise ValueError(
+                "Scheduler needs SchedulerConfig.max_model_len and max_num_batched_tokens"
+                " resolved to numbers"
+            )
         self.config = config
         self.kv_cache = kv_cache
         self.requests: dict[str, Request] = {}

@@ -8,13 +8,8 @@ import os
 from skipdecode.config import QUANTIZATIONS, CacheConfig, EngineConfig, ModelConfig
 from skipdecode.model_runner.quant import DEFAULT_GROUP_SIZE, INT4_GROUP_SIZES
 from skipdecode.scheduler import SamplingParams, SchedulerConfig, SkipConfig
+from skipdecode.scheduler.scheduler import CPU_STEP_TOKENS, GPU_STEP_TOKENS
 from skipdecode.server.config import RayConfig, ServerConfig
-
-# Tokens one step computes, all chunks together. On CPU a step's time grows with its tokens (a
-# 2,048-token prompt chunk takes seconds), and every stream waits for the whole step: a small
-# budget keeps inter-token latency bounded under load (docs/benchmarks.md).
-CPU_STEP_TOKENS = 256
-GPU_STEP_TOKENS = 2048
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -232,13 +227,6 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     )
 
 
-def step_token_budget(requested: int | None, model: ModelConfig) -> int:
-    """``--max-num-batched-tokens``, or the default for the device the model runs on."""
-    if requested is not None:
-        return requested
-    return CPU_STEP_TOKENS if model.torch_device.type == "cpu" else GPU_STEP_TOKENS
-
-
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     model = ModelConfig(
         model=args.model,
@@ -258,7 +246,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         ),
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=step_token_budget(args.max_num_batched_tokens, model),
+            max_num_batched_tokens=args.max_num_batched_tokens,  # None: the device default
         ),
         skip=skip_config(args),
     )

@@ -23,6 +23,7 @@ from skipdecode.scheduler import (
     Scheduler,
     SkipConfig,
 )
+from skipdecode.scheduler.scheduler import default_step_tokens
 from skipdecode.stats import StepStats
 from skipdecode.structured_output import GrammarCompiler
 
@@ -50,7 +51,12 @@ class Engine:
         # The context length is known once the model is loaded: a new scheduler config carries
         # it (the caller's config is not written to).
         max_len = config.model.max_model_len or loaded.max_model_len
-        self.scheduler_config = replace(config.scheduler, max_model_len=max_len)
+        budget = config.scheduler.max_num_batched_tokens or default_step_tokens(
+            config.model.torch_device.type
+        )
+        self.scheduler_config = replace(
+            config.scheduler, max_model_len=max_len, max_num_batched_tokens=budget
+        )
         self.max_model_len = self.scheduler_config.max_model_len
         num_blocks = self._num_blocks(loaded)
         self.kv_cache = KVCacheManager(num_blocks, config.cache.block_size, self.num_layers)

@@ -122,3 +122,19 @@ def test_corrupt_gguf(tmp_path):
     bad.write_bytes(b"GGUF" + bytes(range(256)) * 8)
     with pytest.raises(ValueError, match="broken.gguf"):
         LLM(str(bad))
+
+
+def test_an_unset_step_budget_is_the_devices_default(tiny_llama_dir):
+    from skipdecode import cli
+    from skipdecode.cli_args import engine_config
+    from skipdecode.engine import Engine
+
+    args = cli.build_parser().parse_args(
+        ["serve", "--model", str(tiny_llama_dir), "--dtype", "float32"]
+    )
+    config = engine_config(args)
+    assert config.scheduler.max_num_batched_tokens is None  # left to the engine's device
+    engine = Engine(config)
+    assert engine.scheduler_config.max_num_batched_tokens == 256  # CPU
+    explicit = cli.build_parser().parse_args(["serve", "--max-num-batched-tokens", "512"])
+    assert engine_config(explicit).scheduler.max_num_batched_tokens == 512
