@@ -28,6 +28,7 @@ from skipdecode.async_engine import (
     RequestLogger,
     StepFailedError,
     StepLogger,
+    iterate_outputs,
 )
 from skipdecode.config import EngineConfig
 from skipdecode.core_protocol import (
@@ -208,18 +209,8 @@ class EngineCoreClient:
         self._send(AddRequest(request.request_id, request.prompt_token_ids, params, skip))
         return remote
 
-    async def _iterate(self, remote: RemoteRequest) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while not finished:
-                item = await remote.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
-        finally:
-            if not finished:
-                self.abort(remote.request.request_id)
+    def _iterate(self, remote: RemoteRequest) -> AsyncIterator[RequestOutput]:
+        return iterate_outputs(remote.queue, lambda: self.abort(remote.request.request_id))
 
     def abort(self, request_id: str) -> None:
         remote = self._streams.pop(request_id, None)

@@ -138,18 +138,8 @@ class AsyncEngine:
         self._wakeup.set()
         return stream
 
-    async def _iterate(self, stream: _Stream) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while not finished:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
-        finally:
-            if not finished:
-                self.abort(stream.request.request_id)
+    def _iterate(self, stream: _Stream) -> AsyncIterator[RequestOutput]:
+        return iterate_outputs(stream.queue, lambda: self.abort(stream.request.request_id))
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(("abort", request_id))
@@ -259,3 +249,21 @@ class AsyncEngine:
         )
         for log in self.request_loggers:
             log(stats)
+
+
+async def iterate_outputs(
+    queue: asyncio.Queue, abort: Callable[[], None]
+) -> AsyncIterator[RequestOutput]:
+    """Yield a request's snapshots from ``queue`` until the final one (an exception put there is
+    raised); ``abort()`` runs if the caller stops early (a client that disconnected)."""
+    finished = False
+    try:
+        while not finished:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            finished = item.finished
+            yield item
+    finally:
+        if not finished:
+            abort()
