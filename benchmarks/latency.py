@@ -5,6 +5,9 @@ For each (batch size, context length, speedup), ``batch`` requests with random p
 sequence feeds one token, are timed one by one. The decode window is generated tokens
 ``g = 0 .. num_steps-1``, so at a skip speedup the steps run the decaying depths ``D(g)``.
 
+The same steps are then timed with the model's layers and LM head stubbed out, at the first
+context length: what a step costs on the host alone (scheduling, metadata, sampling, update).
+
 Then, for the largest batch at the first context length and full depth, a ``torch.profiler``
 run splits the step's time between embedding, attention, MLP, norms, LM head, sampling,
 scheduling and the rest, and ``torch.matmul`` at the model's own shapes (batch
@@ -41,6 +44,14 @@ COLUMNS = [
     ("achieved_gflops", "GFLOP/s", ".2f"),
 ]
 
+HOST_COLUMNS = [
+    ("batch_size", "batch", "d"),
+    ("context_len", "context", "d"),
+    ("label", "speedup", "s"),
+    ("host_ms_mean", "host ms", ".3f"),
+    ("host_ms_p50", "p50 ms", ".3f"),
+]
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     """Register the command's flags and entry point on ``parser``."""
@@ -72,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
 
     payload = bench_latency(args)
     print(format_table(payload["results"], COLUMNS))
+    if payload.get("host"):
+        print("\nhost work per decode step (the model's layers and LM head stubbed out):")
+        print(format_table(payload["host"], HOST_COLUMNS))
     if payload.get("breakdown"):
         breakdown = payload["breakdown"]
         print(f"\nwhere a decode step goes (batch {breakdown['batch_size']},"
@@ -113,6 +127,21 @@ def bench_latency(args: argparse.Namespace) -> dict:
                 rows.append(_row(batch, context, speedup, point, flops, args.num_steps))
                 # Rewritten after every point: a run stopped by a timeout keeps what it measured.
                 write_results(args.output_json, "latency", vars(args), results)
+    # Host work alone: the same decode steps with the model stubbed out (step_profile).
+    host_rows = results["host"] = []
+    with step_profile.model_stubbed(engine):
+        for batch in args.batch_size:
+            for speedup in speedups:
+                point = measure_decode(
+                    engine, batch, args.context_len[0], skip_for(speedup), args.num_steps, args.seed
+                )
+                ms = 1e3 * np.asarray(point["seconds"])
+                host_rows.append({
+                    "batch_size": batch, "context_len": args.context_len[0],
+                    "label": speedup_label(speedup), "host_ms_mean": float(ms.mean()),
+                    "host_ms_p50": float(np.percentile(ms, 50)),
+                })  # fmt: skip
+    write_results(args.output_json, "latency", vars(args), results)
     full = [r for r in rows if r["target_speedup"] == 1.0]
     if not args.no_profile:
         batch, context = max(args.batch_size), args.context_len[0]

@@ -81,7 +81,9 @@ def labelled(engine) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: [h.remove() for h in handles])
         targets = [
+            (runner_module, "sort_by_start_layer", "step_metadata"),
             (runner_module, "build_step_context", "step_metadata"),
+            (runner_module, "_runner_output", "sampling"),
             (engine.runner, "sampler", "sampling"),
             (engine.scheduler, "schedule", "schedule"),
             (engine.scheduler, "update", "update"),
@@ -120,6 +122,41 @@ def _wrapped(owner: object, attr: str, label: str, when=None) -> Iterator[None]:
             setattr(owner, attr, original)
         else:
             delattr(owner, attr)
+
+
+@contextlib.contextmanager
+def model_stubbed(engine) -> Iterator[None]:
+    """Replace the model's layers and LM head by stand-ins that cost nothing (zeros of the
+    hidden size; fixed random logits of the vocabulary size), so a step's time is its host
+    work alone: scheduling, step metadata, sampling, update, stats."""
+    model = engine.runner.model
+    runner = engine.runner
+    hidden_size = model.config.hidden_size
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    bank: list[torch.Tensor] = []
+
+    def forward(input_ids: torch.Tensor, ctx) -> torch.Tensor:
+        return torch.zeros(
+            input_ids.shape[0], hidden_size, dtype=runner.dtype, device=runner.device
+        )
+
+    def compute_logits(hidden: torch.Tensor) -> torch.Tensor:
+        if not bank or bank[0].shape[0] < hidden.shape[0]:
+            logits = torch.randn(hidden.shape[0], runner.vocab_size, generator=generator)
+            bank[:] = [logits.to(runner.device, runner.dtype)]
+        return bank[0][: hidden.shape[0]]
+
+    with contextlib.ExitStack() as stack:
+        for attr, stand_in in (("forward", forward), ("compute_logits", compute_logits)):
+            had_own = attr in vars(model)
+            original = getattr(model, attr)
+            setattr(model, attr, stand_in)
+            stack.callback(
+                lambda a=attr, o=original, h=had_own: (
+                    setattr(model, a, o) if h else delattr(model, a)
+                )
+            )
+        yield
 
 
 def profile_decode(

@@ -14,8 +14,9 @@ at position ``p`` attends to the layer's slots for positions ``0..p``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import numpy as np
@@ -31,6 +32,7 @@ class AttentionGroup:
     mask: torch.Tensor  # [S, 1, max_q, max_kv] bool, True where the query may attend
     num_blocks: int  # max_kv / block_size: keys are read whole blocks at a time
     kv_lens: torch.Tensor  # [S] keys each sequence's last query attends to (positions 0..n-1)
+    host_seq_index: np.ndarray | None = field(default=None, repr=False)  # seq_index on the host
 
     @property
     def num_seqs(self) -> int:
@@ -106,13 +108,18 @@ class StepLayout:
     chunk_offsets: np.ndarray  # [S + 1] start of each sequence's chunk in the flat order
 
 
+def flatten_ints(lists: Sequence[Sequence[int]]) -> np.ndarray:
+    """The lists concatenated, as int64 (one numpy call rather than one per list)."""
+    return np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int64)
+
+
 def sort_by_start_layer(
     depths: Sequence[Sequence[int]], warmup_layers: Sequence[int], num_layers: int
 ) -> StepLayout:
     """Sort the step's tokens by start layer (deepest first), keeping chunk order among ties."""
     lengths = np.array([len(d) for d in depths], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in depths])
+    flat = flatten_ints(depths)
     warmup = np.repeat(np.asarray(warmup_layers, dtype=np.int64), lengths)
     order = np.argsort(num_layers - flat + warmup, kind="stable")
     rows = np.empty_like(order)
@@ -123,7 +130,7 @@ def sort_by_start_layer(
 def build_step_context(
     depths: Sequence[Sequence[int]],
     start_positions: Sequence[int],
-    block_tables: Sequence[Sequence[Sequence[int]]],
+    block_tables: Sequence[np.ndarray | Sequence[Sequence[int]]],
     num_layers: int,
     warmup_layers: Sequence[int],
     layout: StepLayout,
@@ -135,13 +142,15 @@ def build_step_context(
     """Build the metadata for one step from its chunks (one entry per scheduled sequence).
 
     ``warmup_layers[i]`` is sequence ``i``'s warm-up count ``w``: a token of depth ``D`` runs
-    layers ``[0, w)`` and ``[L - (D - w), L)``. With the CPU ``kernels``, single-query groups
+    layers ``[0, w)`` and ``[L - (D - w), L)``. ``block_tables[i]`` is sequence ``i``'s
+    ``[L, width]`` block-id array (zero-padded, as the KV manager keeps it) or its per-layer
+    lists. With the CPU ``kernels``, single-query groups
     get block tables for their decode attention instead of pool rows to gather.
     """
     device = key_cache.device
     num_seqs = len(depths)
     seq_of_flat = np.repeat(np.arange(num_seqs), np.diff(layout.chunk_offsets))
-    flat_depths = np.concatenate([np.asarray(d, dtype=np.int64) for d in depths])
+    flat_depths = flatten_ints(depths)
     flat_warmup = np.asarray(warmup_layers, dtype=np.int64)[seq_of_flat]
     chunk_index = np.arange(len(flat_depths)) - layout.chunk_offsets[seq_of_flat]
     flat_positions = np.asarray(start_positions, dtype=np.int64)[seq_of_flat] + chunk_index
@@ -167,27 +176,26 @@ def build_step_context(
     # Per layer and group, the pool rows to gather: the pool is [kv_heads, slots, head_dim],
     # seen as rows of one head's block (block_size contiguous slots), so row = head * blocks +
     # block. Gathering whole blocks makes 16x fewer, larger copies than gathering slots, and
-    # the result is already attention's [kv_heads, S, keys, head_dim] operand.
+    # the result is already attention's [kv_heads, S, keys, head_dim] operand. The indexing
+    # runs in numpy (small arrays: a fraction of torch's per-call cost), one tensor per group.
     num_kv_heads, num_slots = key_cache.shape[:2]
-    head_rows = torch.arange(num_kv_heads, device=device).view(-1, 1, 1, 1) * (
-        num_slots // block_size
-    )
-    block_tensor = torch.from_numpy(tables).to(device)
+    head_rows = np.arange(num_kv_heads).reshape(1, -1, 1, 1) * (num_slots // block_size)
     read_rows: list[list[torch.Tensor | None]] = [[] for _ in range(num_layers)]
     read_tables: list[list[torch.Tensor | None]] = [[] for _ in range(num_layers)]
     for plan in plans.values():
         layers = [i for i, p in enumerate(layer_plans) if p is plan]
-        layer_index = torch.tensor(layers, device=device)
+        plan_tables = tables if len(layers) == num_layers else tables[layers]
         for group in plan.groups:
-            blocks = block_tensor[layer_index][:, group.seq_index, : group.num_blocks]
+            blocks = plan_tables[:, group.host_seq_index, : group.num_blocks]  # [L', S, blocks]
             if kernels is not None and group.is_decode:
-                for i, layer in enumerate(layers):
+                per_layer = torch.from_numpy(np.ascontiguousarray(blocks)).to(device).unbind(0)
+                for layer, table in zip(layers, per_layer):
                     read_rows[layer].append(None)
-                    read_tables[layer].append(blocks[i].contiguous())
+                    read_tables[layer].append(table)
                 continue
-            rows = (head_rows + blocks.unsqueeze(0)).transpose(0, 1)  # [L', KVH, S, blocks]
-            for i, layer in enumerate(layers):
-                read_rows[layer].append(rows[i].reshape(-1))
+            rows = (head_rows + blocks[:, None]).reshape(len(layers), -1)  # [L', KVH*S*blocks]
+            for layer, layer_rows in zip(layers, torch.from_numpy(rows).to(device).unbind(0)):
+                read_rows[layer].append(layer_rows)
                 read_tables[layer].append(None)
     sorted_seq = seq_of_flat[layout.order]
     sorted_pos = flat_positions[layout.order]
@@ -207,14 +215,24 @@ def build_step_context(
     )
 
 
-def _block_table_tensor(block_tables: Sequence[Sequence[Sequence[int]]], num_layers: int):
+def _block_table_tensor(
+    block_tables: Sequence[np.ndarray | Sequence[Sequence[int]]], num_layers: int
+) -> np.ndarray:
     # [L, S, max_blocks], padded with block 0 (never read: masks stop at each sequence's length).
-    max_blocks = max((len(t) for seq in block_tables for t in seq), default=1) or 1
-    tables = np.zeros((num_layers, len(block_tables), max_blocks), dtype=np.int64)
-    for s, seq_tables in enumerate(block_tables):
-        for layer, table in enumerate(seq_tables):
-            tables[layer, s, : len(table)] = table
+    arrays = [t if isinstance(t, np.ndarray) else _padded(t, num_layers) for t in block_tables]
+    max_blocks = max((a.shape[1] for a in arrays), default=1) or 1
+    tables = np.zeros((num_layers, len(arrays), max_blocks), dtype=np.int64)
+    for s, array in enumerate(arrays):
+        tables[:, s, : array.shape[1]] = array
     return tables
+
+
+def _padded(seq_tables: Sequence[Sequence[int]], num_layers: int) -> np.ndarray:
+    width = max((len(t) for t in seq_tables), default=0)
+    array = np.zeros((num_layers, width), dtype=np.int64)
+    for layer, table in enumerate(seq_tables):
+        array[layer, : len(table)] = table
+    return array
 
 
 def _layer_plan(
@@ -262,6 +280,7 @@ def _layer_plan(
                 mask=torch.from_numpy(mask[:, None]).to(device),
                 num_blocks=num_blocks,
                 kv_lens=torch.from_numpy(starts[members] + q_lens[members]).to(device),
+                host_seq_index=members,
             )
         )
     is_prefix = bool(np.array_equal(rows, np.arange(num_tokens)))

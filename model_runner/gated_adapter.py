@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skipdecode.model_runner.adapter import Adapter
-from skipdecode.model_runner.context import StepLayout
+from skipdecode.model_runner.context import StepLayout, flatten_ints
 from skipdecode.model_runner.cpu_packing import FUSIONS
 
 # Per layer: None (no gated row runs it), an int k (the gated rows are the running rows [k, n)),
@@ -56,7 +56,7 @@ class AdapterGate:
         """
         num_layers = self.num_layers
         lengths = [len(d) for d in depths]
-        row_depths = np.concatenate([np.asarray(d, dtype=np.int64) for d in depths])[layout.order]
+        row_depths = flatten_ints(depths)[layout.order]
         is_gated = row_depths < num_layers  # [N] per sorted row
         if not is_gated.any():
             self.layer_rows = None

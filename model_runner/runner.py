@@ -6,11 +6,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from skipdecode.model_runner.context import StepLayout, build_step_context, sort_by_start_layer
+from skipdecode.model_runner.context import (
+    StepLayout,
+    build_step_context,
+    flatten_ints,
+    sort_by_start_layer,
+)
 from skipdecode.model_runner.cpu_kernels import cpu_kernels
 from skipdecode.model_runner.grammar_mask import GrammarMasker
 from skipdecode.model_runner.prompt_logprobs import plan_prompt_scoring, score_prompts
-from skipdecode.model_runner.sampler import Sampler, SamplerOutput, SamplingBatch
+from skipdecode.model_runner.sampler import (
+    Sampler,
+    SamplerOutput,
+    SamplingBatch,
+    is_plain_greedy,
+)
 from skipdecode.scheduler.outputs import RunnerOutput, ScheduledSequence, SchedulerOutput
 
 
@@ -68,7 +78,7 @@ class ModelRunner:
             self.adapter_gate.set_step(
                 [s.depths for s in seqs], [s.warmup_layers for s in seqs], layout
             )
-        flat_ids = np.concatenate([np.asarray(s.token_ids, dtype=np.int64) for s in seqs])
+        flat_ids = flatten_ints([s.token_ids for s in seqs])
         input_ids = torch.from_numpy(flat_ids[layout.order]).to(self.device)
         ctx = build_step_context(
             depths=[s.depths for s in seqs],
@@ -97,14 +107,16 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[rows])  # [num_sampled, vocab], model dtype
         if mask_job is not None:
             self.masker.apply(logits, torch.tensor(constrained), mask_job.result())
-        batch = SamplingBatch.build(
-            params=[s.sampling_params for s in sampled],
+        params = [s.sampling_params for s in sampled]
+        # Plain greedy rows need no per-row tensors: the sampler takes the argmax.
+        batch = None if is_plain_greedy(params) else SamplingBatch.build(
+            params=params,
             prompt_token_ids=[s.prompt_token_ids for s in sampled],
             output_token_ids=[s.output_token_ids for s in sampled],
             generators=[self._generator(s) for s in sampled],
             vocab_size=self.vocab_size,
             device=self.device,
-        )
+        )  # fmt: skip
         output = _runner_output(sampled, self.sampler(logits, batch))
         output.prompt_logprobs = prompt_logprobs
         return output

@@ -1,9 +1,11 @@
-"""Typed messages between the scheduler and the model runner (no tensors here)."""
+"""Typed messages between the scheduler and the model runner (no torch tensors here)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from skipdecode.scheduler.request import TokenLogprobs
 from skipdecode.scheduler.sampling_params import SamplingParams
@@ -18,7 +20,8 @@ class ScheduledSequence:
     start_position: int  # position of token_ids[0]
     depths: list[int]  # [num_chunk_tokens] layers each token runs; never increasing
     warmup_layers: int  # w: a token of depth D runs layers [0, w) and [L - (D - w), L)
-    block_tables: list[list[int]]  # [num_layers][num_blocks] KV blocks, valid after this step
+    # [num_layers, width] int64 KV block ids (each layer's table zero-padded), valid this step
+    block_tables: np.ndarray
     is_sampled: bool  # the chunk reaches the last known token: sample the next one
     sampling_params: SamplingParams
     prompt_token_ids: list[int]  # read-only view, for penalties and prompt logprobs

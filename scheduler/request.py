@@ -51,6 +51,9 @@ class Request:
     output_logprobs: list[TokenLogprobs] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprobs | None] = field(default_factory=list)  # per position
     num_computed_tokens: int = 0  # positions whose KV exists (for every layer they run)
+    # Positions the request's KV blocks hold on every layer they run (the scheduler's record:
+    # no allocation is needed until a chunk goes past it).
+    kv_capacity: int = 0
     num_preemptions: int = 0
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it

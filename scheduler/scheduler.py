@@ -110,6 +110,7 @@ class Scheduler:
             self.waiting.remove(request)
         request.status = status
         self.kv_cache.free(request_id)
+        request.kv_capacity = 0
         self._finished_ids.add(request_id)
         return request
 
@@ -146,7 +147,7 @@ class Scheduler:
             counts = self._layer_counts(request, num_new)
             if not self.kv_cache.can_allocate(request.request_id, counts):
                 break
-            self.kv_cache.allocate(request.request_id, counts)
+            self._allocate(request, counts)
             self.waiting.popleft()
             request.status = RequestStatus.RUNNING
             if request.first_scheduled_time is None:
@@ -166,21 +167,29 @@ class Scheduler:
 
         Returns False if ``request`` itself had to be preempted.
         """
+        if request.num_computed_tokens + num_new <= request.kv_capacity:
+            return True  # a decode step needs a new block only every block_size tokens
         counts = self._layer_counts(request, num_new)
         while not self.kv_cache.can_allocate(request.request_id, counts):
             victim = self.running[-1]
             self._preempt(victim)
             if victim is request:
                 return False
-        self.kv_cache.allocate(request.request_id, counts)
+        self._allocate(request, counts)
         return True
+
+    def _allocate(self, request: Request, counts: list[int]) -> None:
+        self.kv_cache.allocate(request.request_id, counts)
+        request.kv_capacity = request.schedule.num_tokens_within(
+            request.prompt_len, self.kv_cache.layer_capacity(request.request_id)
+        )
 
     def _preempt(self, request: Request) -> None:
         # Recompute preemption: drop all KV; the tokens stay and are recomputed later, each at
         # its original depth (Request.depth), so the cache and the text come out the same.
         self.running.remove(request)
         self.kv_cache.free(request.request_id)
-        request.num_computed_tokens = 0
+        request.num_computed_tokens = request.kv_capacity = 0
         request.num_preemptions += 1
         request.status = RequestStatus.WAITING
         self.waiting.appendleft(request)
@@ -199,7 +208,7 @@ class Scheduler:
             start_position=start,
             depths=[request.depth(p) for p in positions],
             warmup_layers=request.schedule.warmup_layers,
-            block_tables=self.kv_cache.block_tables(request.request_id),
+            block_tables=self.kv_cache.block_table_array(request.request_id),
             is_sampled=start + num_new == request.num_tokens,
             sampling_params=request.sampling_params,
             prompt_token_ids=request.prompt_token_ids,

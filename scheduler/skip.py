@@ -8,6 +8,8 @@ model runs ``D(g) = clamp(round(D_max - (D_max - D_min) * g / T), D_min, D_max)`
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -162,16 +164,16 @@ class DepthSchedule:
         return layer < self.warmup_layers or layer >= self.start_layer(depth)
 
     @cached_property
-    def _num_generated_running(self) -> tuple[float, ...]:
+    def _num_generated_running(self) -> tuple[int, ...]:
         # For each layer, how many generated tokens run it. D(g) never increases, so they are
-        # a prefix g < limit; math.inf where every generated token runs the layer.
-        limits: list[float] = []
+        # a prefix g < limit; sys.maxsize where every generated token runs the layer.
+        limits: list[int] = []
         for layer in range(self.num_layers):
             needed = (
                 0 if layer < self.warmup_layers else self.num_layers - layer + self.warmup_layers
             )
             if needed <= self.min_depth:
-                limits.append(math.inf)
+                limits.append(sys.maxsize)
                 continue
             g = 0
             while self.depth(g) >= needed:
@@ -184,9 +186,25 @@ class DepthSchedule:
 
         These positions are always a prefix of the sequence (DESIGN.md §2).
         """
+        if self.is_full_depth:
+            return [num_tokens] * self.num_layers
         num_generated = max(num_tokens - prompt_len, 0)
         base = min(num_tokens, prompt_len)
-        return [base + int(min(num_generated, lim)) for lim in self._num_generated_running]
+        return [base + min(num_generated, lim) for lim in self._num_generated_running]
+
+    def num_tokens_within(self, prompt_len: int, layer_capacity: Sequence[int]) -> int:
+        """The largest ``num_tokens`` whose ``layer_num_tokens(prompt_len, num_tokens)`` stays
+        within ``layer_capacity[l]`` on every layer (sys.maxsize: no limit).
+
+        A layer's count is ``min(n, P) + min(max(n - P, 0), limit)``: it never exceeds its
+        capacity when ``P + limit`` fits, and otherwise grows with ``n`` up to it, so it fits
+        exactly while ``n <= capacity``.
+        """
+        within = sys.maxsize
+        for capacity, limit in zip(layer_capacity, self._num_generated_running, strict=True):
+            if prompt_len + limit > capacity:
+                within = min(within, capacity)
+        return within
 
     def theoretical_speedup(self, num_generated: int) -> float:
         """``L * N / sum(D(g) for g < N)``, the paper's speedup figure."""

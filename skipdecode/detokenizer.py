@@ -29,13 +29,17 @@ class IncrementalDetokenizer:
         self.include_stop = include_stop_str_in_output
         self.text = ""
         self._hold = max((len(s) for s in stop), default=1) - 1
+        # A fast tokenizer that cleans up no spaces decodes exactly as its Rust backend: calling
+        # the backend directly costs a third of the wrapper's call (twice per token per step).
+        cleans_up = getattr(tokenizer, "clean_up_tokenization_spaces", True)
+        self._backend = None if cleans_up else getattr(tokenizer, "backend_tokenizer", None)
 
     def add_tokens(self, token_ids: list[int]) -> str | None:
         """Append new ids; returns the stop string if one now appears (text is then cut)."""
         self._ids.extend(token_ids)
-        decode = self.tokenizer.decode
-        prefix = decode(self._ids[self._prefix_offset : self._read_offset], **self._kwargs)
-        full = decode(self._ids[self._prefix_offset :], **self._kwargs)
+        decode = self._decode
+        prefix = decode(self._ids[self._prefix_offset : self._read_offset])
+        full = decode(self._ids[self._prefix_offset :])
         if len(full) <= len(prefix) or full.endswith("\ufffd"):
             return None  # an incomplete UTF-8 sequence: wait for the next token
         new_text = full[len(prefix) :]
@@ -50,9 +54,10 @@ class IncrementalDetokenizer:
             return self.text
         return self.text[: len(self.text) - self._hold]
 
-    @property
-    def _kwargs(self) -> dict:
-        return {"skip_special_tokens": self._skip_special}
+    def _decode(self, ids: list[int]) -> str:
+        if self._backend is not None:
+            return self._backend.decode(ids, skip_special_tokens=self._skip_special)
+        return self.tokenizer.decode(ids, skip_special_tokens=self._skip_special)
 
     def _cut_at_stop(self, search_from: int) -> str | None:
         best: tuple[int, str] | None = None

@@ -39,7 +39,12 @@ def check_output(scheduler: Scheduler, out: SchedulerOutput) -> None:
         assert seq.is_sampled == (end == req.num_tokens)
         assert seq.warmup_layers == req.schedule.warmup_layers
         counts = ref_layer_num_tokens(req.schedule, req.prompt_len, end)
-        assert [len(t) for t in seq.block_tables] == [math.ceil(n / kv.block_size) for n in counts]
+        tables = kv.block_tables(seq.request_id)
+        assert [len(t) for t in tables] == [math.ceil(n / kv.block_size) for n in counts]
+        # The step's array is the same tables, each zero-padded to the longest.
+        width = max(len(t) for t in tables)
+        assert seq.block_tables.shape == (len(tables), width)
+        assert seq.block_tables.tolist() == [t + [0] * (width - len(t)) for t in tables]
     held = [b for rid in scheduler.requests for t in kv.block_tables(rid) for b in t]
     assert len(held) == len(set(held))  # no block owned twice
     assert kv.num_free_blocks + len(held) == kv.num_blocks

@@ -178,3 +178,25 @@ def test_num_blocks_for_budget():
     assert num_blocks_for_budget(50, 100) == 1  # at least one
     with pytest.raises(ValueError, match="bytes_per_block"):
         num_blocks_for_budget(1000, 0)
+
+
+def test_block_table_array_is_the_tables_zero_padded_after_any_history():
+    rng = random.Random(7)
+    kv = KVCacheManager(num_blocks=400, block_size=4, num_layers=5)
+    grown = {s: [0] * 5 for s in "abc"}
+    for _ in range(200):
+        seq = rng.choice("abc")
+        if rng.random() < 0.1:
+            kv.free(seq)
+            grown[seq] = [0] * 5
+        else:
+            grown[seq] = [n + rng.randint(0, 9) for n in grown[seq]]
+            kv.allocate(seq, grown[seq])
+        for s in "abc":
+            tables = kv.block_tables(s)
+            width = max(len(t) for t in tables)
+            array = kv.block_table_array(s)
+            assert array.shape == (5, width) and array.dtype.name == "int64"
+            assert array.tolist() == [t + [0] * (width - len(t)) for t in tables]
+            assert kv.layer_capacity(s) == [4 * len(t) for t in tables]
+    assert_pool_consistent(kv, "abc")

@@ -6,7 +6,13 @@ import pytest
 import torch
 from sampler_checks import CPU, make_batch, random_logits, ref_allowed, ref_penalize
 
-from skipdecode.model_runner.sampler import Sampler, apply_penalties, filtered_probs
+from skipdecode.model_runner.sampler import (
+    Sampler,
+    apply_penalties,
+    filtered_probs,
+    greedy_ids,
+    is_plain_greedy,
+)
 from skipdecode.scheduler.sampling_params import SamplingParams
 
 # ---- greedy and penalties ----
@@ -29,6 +35,26 @@ def test_greedy_ties_take_the_first_maximum_in_bf16() -> None:
     logits[3, [0, 63]] = -1.0  # row 2: all equal -> 0; row 3: max 0 at id 1
     batch = make_batch([SamplingParams(temperature=0.0)] * 4, 64)
     assert Sampler()(logits, batch).token_ids.tolist() == [3, 7, 0, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_ids_equal_torch_argmax_with_ties_and_plain_batches(dtype) -> None:
+    # Coarse values tie often; the first maximum wins, as torch's argmax picks it.
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randint(-4, 5, (33, 1000), generator=gen) * 0.5).to(dtype)
+    logits[5] = -2.0  # a row of one repeated value: id 0
+    expected = logits.float().argmax(dim=-1)
+    assert torch.equal(greedy_ids(logits), expected)
+    assert torch.equal(greedy_ids(logits[:, 1:]), logits[:, 1:].float().argmax(dim=-1))
+    # A batch of plain greedy rows needs no SamplingBatch.
+    assert torch.equal(Sampler()(logits, None).token_ids, expected)
+
+
+def test_plain_greedy_means_no_penalty_logprobs_or_temperature() -> None:
+    assert is_plain_greedy([SamplingParams(temperature=0.0)] * 3)
+    assert not is_plain_greedy([SamplingParams(temperature=0.0), SamplingParams()])
+    assert not is_plain_greedy([SamplingParams(temperature=0.0, logprobs=0)])
+    assert not is_plain_greedy([SamplingParams(temperature=0.0, presence_penalty=0.5)])
 
 
 def test_penalties_match_per_row_reference_exactly() -> None:

@@ -8,7 +8,13 @@ import subprocess
 import sys
 
 import pytest
-from factories import ref_depth, ref_depths, ref_positions_running, ref_runs_layer
+from factories import (
+    ref_depth,
+    ref_depths,
+    ref_layer_num_tokens,
+    ref_positions_running,
+    ref_runs_layer,
+)
 
 from skipdecode.scheduler import DepthSchedule, PresetFamily, SamplingParams, SkipConfig
 
@@ -75,6 +81,31 @@ def test_layer_num_tokens_equals_brute_force_count_and_positions_are_a_prefix():
                 running = ref_positions_running(s, depths[:num_tokens], layer)
                 assert running == list(range(len(running))), (s, layer)  # a prefix
                 assert counts[layer] == len(running), (s, prompt_len, num_tokens, layer)
+
+
+def test_num_tokens_within_is_the_longest_prefix_that_fits_the_capacities():
+    # Brute force: walk n up while the reference counts fit every layer's capacity.
+    rng = random.Random(2)
+    for s in SCHEDULES[:80]:
+        prompt_len = rng.randint(1, 12)
+        longest = prompt_len + 2 * s.decay_tokens + 40
+        for _ in range(4):
+            block = rng.choice([1, 2, 4, 16])
+            grown_to = rng.randint(0, longest)
+            capacity = [
+                -(-n // block) * block + block * rng.randint(0, 1)
+                for n in ref_layer_num_tokens(s, prompt_len, grown_to)
+            ]
+            n = 0
+            while n < longest and all(
+                c <= cap for c, cap in zip(ref_layer_num_tokens(s, prompt_len, n + 1), capacity)
+            ):
+                n += 1
+            within = s.num_tokens_within(prompt_len, capacity)
+            if n == longest:  # fits as far as we looked: unbounded or beyond
+                assert within >= longest, (s, prompt_len, capacity)
+            else:
+                assert within == n, (s, prompt_len, capacity)
 
 
 def test_layer_counts_worked_example():
