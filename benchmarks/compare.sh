@@ -4,6 +4,8 @@
 #   2. Hugging Face transformers generate(), static batch of $PARALLEL (`skipdecode bench hf`);
 #   3. llama.cpp's llama-server with $PARALLEL slots (built by build_llama_cpp.sh, outside
 #      the repository), measured by the same `bench serve`;
+#   with GUIDELLM=path/to/guidellm, each server is also measured by that third-party client
+#   (benchmarks/guidellm.sh: same lengths, CONCURRENCY's largest value, NUM_PROMPTS requests);
 #   plus `bench kv` (no timing), optionally `bench throughput` and `bench latency` (OFFLINE=1),
 #   then a summary table and plots. Every JSON lands in $OUT. Each step is bounded by
 #   STEP_TIMEOUT seconds and the whole script by TOTAL_TIMEOUT; a failed step is logged and the
@@ -11,6 +13,8 @@
 #
 #   benchmarks/compare.sh                       # defaults below
 #   OUT=results/cpu NUM_PROMPTS=32 SKIP_LLAMA=1 benchmarks/compare.sh
+#   BENCH_FLAGS="--dataset sharegpt --max-total-len 1024 --request-rate 0.5,1,2 \
+#     --slo-ttft 2000 --slo-itl 500" CTX_PER_SLOT=1024 benchmarks/compare.sh   # ShareGPT, rates
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -36,9 +40,15 @@ STEP_TIMEOUT="${STEP_TIMEOUT:-1200}"
 TOTAL_TIMEOUT="${TOTAL_TIMEOUT:-5400}"
 STARTUP_TIMEOUT="${STARTUP_TIMEOUT:-300}"
 SKIP_LLAMA="${SKIP_LLAMA:-0}"
+GUIDELLM="${GUIDELLM:-}"             # set: a guidellm binary (PyPI guidellm, its own venv)
 SKIP_HF="${SKIP_HF:-0}"
 OFFLINE="${OFFLINE:-0}"
 LATENCY_FLAGS="${LATENCY_FLAGS:---batch-size 1,16,64 --context-len 128,512,2048 --num-steps 16}"
+BENCH_FLAGS="${BENCH_FLAGS:-}"       # more `bench serve` flags for every system (same workload)
+CTX_PER_SLOT="${CTX_PER_SLOT:-$(( INPUT_LEN + OUTPUT_LEN + 64 ))}"  # llama.cpp context per slot
+# llama-server: one HTTP thread per stream and a few spare (its default in recent versions,
+# stated so an older build does not queue streams behind keep-alive connections).
+LLAMA_FLAGS="${LLAMA_FLAGS:---threads-http $(( PARALLEL + 4 )) --cont-batching}"
 
 # The same CPU threads for every system: torch (ours, HF) reads OMP_NUM_THREADS, llama.cpp -t.
 export OMP_NUM_THREADS="$THREADS"
@@ -91,11 +101,21 @@ serve_bench() {  # serve_bench NAME URL LABEL [extra bench serve flags...]
   local budget; budget=$(left); [ "$budget" -gt "$STEP_TIMEOUT" ] && budget=$STEP_TIMEOUT
   budget=$(( budget > 30 ? budget - 15 : 15 ))  # bench serve stops itself before `timeout` does
   local count=(--num-prompts "$NUM_PROMPTS")
+  # shellcheck disable=SC2086  # BENCH_FLAGS is a list of flags
   [ -n "$PROMPTS_PER_CONCURRENCY" ] && count=(--prompts-per-concurrency "$PROMPTS_PER_CONCURRENCY")
   run_step "$name" "${SD[@]}" bench serve --base-url "$url" --model "$MODEL" \
     "${count[@]}" --input-len "$INPUT_LEN" --output-len "$OUTPUT_LEN" \
     --concurrency "$CONCURRENCY" --seed "$SEED" --timeout "$budget" \
-    --label "$label" --output-json "$OUT/$name.json" "$@"
+    --label "$label" --output-json "$OUT/$name.json" $BENCH_FLAGS "$@"
+}
+
+guidellm_run() {  # guidellm_run NAME URL [EXTRA_BODY]: the third-party client, if asked for
+  [ -n "$GUIDELLM" ] || return 0
+  run_step "$1" env GUIDELLM="$GUIDELLM" URL="$2" OUT="$OUT/$1.json" EXTRA_BODY="${3:-}" \
+    MODEL="$MODEL" CONCURRENCY="${CONCURRENCY##*,}" MAX_REQUESTS="$NUM_PROMPTS" \
+    PROMPT_TOKENS="$INPUT_LEN" OUTPUT_TOKENS="$OUTPUT_LEN" SEED="$SEED" \
+    TOKENIZER_DIR="$OUT/tokenizer" benchmarks/guidellm.sh \
+    && "$PY" -m skipdecode.benchmarks.guidellm_summary "$OUT/$1.json"
 }
 
 echo "model: $MODEL"; echo "results: $OUT"
@@ -110,6 +130,7 @@ if wait_healthy "http://127.0.0.1:$PORT"; then
   for s in $SPEEDUPS; do
     serve_bench "serve_skipdecode_${s}x" "http://127.0.0.1:$PORT" "skipdecode ${s}x" \
       --skip "{\"speedup\": $s}"
+    guidellm_run "guidellm_skipdecode_${s}x" "http://127.0.0.1:$PORT" "{\"skip\": {\"speedup\": $s}}"
   done
 else
   echo "skipdecode serve did not become healthy; see $OUT/logs/skipdecode-serve.log"
@@ -127,12 +148,14 @@ fi
 if [ "$SKIP_LLAMA" != 1 ]; then
   if llama_server=$(JOBS="${JOBS:-$THREADS}" PIP="$PY -m pip" timeout "$(left)" \
       benchmarks/build_llama_cpp.sh 2>"$OUT/logs/llama-build.log"); then
+    # shellcheck disable=SC2086  # LLAMA_FLAGS is a list of flags
     "$llama_server" -m "$MODEL" --host 127.0.0.1 --port "$LLAMA_PORT" -np "$PARALLEL" \
-      -c $(( PARALLEL * (INPUT_LEN + OUTPUT_LEN + 64) )) -t "$THREADS" \
+      -c $(( PARALLEL * CTX_PER_SLOT )) -t "$THREADS" $LLAMA_FLAGS \
       > "$OUT/logs/llama-server.log" 2>&1 &
     server_pid=$!
     if wait_healthy "http://127.0.0.1:$LLAMA_PORT"; then
       serve_bench serve_llama_cpp "http://127.0.0.1:$LLAMA_PORT" "llama.cpp ($PARALLEL slots)"
+      guidellm_run guidellm_llama_cpp "http://127.0.0.1:$LLAMA_PORT"
     else
       echo "llama-server did not become healthy; see $OUT/logs/llama-server.log"
     fi
