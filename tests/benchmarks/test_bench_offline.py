@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
+import torch
 
 from skipdecode.cli import main
 
@@ -62,6 +64,10 @@ def test_latency_with_breakdown_and_matmul(tiny_llama_dir, tmp_path):
             assert row["mean_depth"] == expected_depth
         else:
             assert row["mean_depth"] < NUM_LAYERS
+    host = {(r["batch_size"], r["context_len"], r["label"]): r for r in payload["host"]}
+    assert set(host) == {(b, 8, s) for b in (1, 3) for s in ("1x", "2x")}
+    assert all(r["host_ms_p50"] > 0 and r["host_ms_mean"] > 0 for r in host.values())
+    # The model came back after the stubbed run: the profiled steps below run its layers.
     breakdown = payload["breakdown"]
     assert (breakdown["batch_size"], breakdown["context_len"]) == (3, 8)
     parts = {c["component"]: c["ms_per_step"] for c in breakdown["components"]}
@@ -106,6 +112,37 @@ def test_latency_keeps_the_points_measured_before_a_failure(tiny_llama_dir, tmp_
     payload = json.loads(out.read_text())
     assert payload["complete"] is False
     assert [(r["context_len"], r["label"]) for r in payload["results"]] == [(8, "1x")]
+
+
+def test_stubbed_model_leaves_only_host_work_then_comes_back(tiny_llama_dir):
+    from argparse import Namespace
+
+    from skipdecode.benchmarks.engine_args import build_engine
+    from skipdecode.benchmarks.step_profile import model_stubbed
+    from skipdecode.scheduler import SamplingParams
+
+    args = Namespace(
+        model=str(tiny_llama_dir), dtype="float32", device="cpu", max_num_seqs=4,
+        max_num_batched_tokens=64, block_size=4, kv_cache_memory=0.01,
+    )  # fmt: skip
+    engine = build_engine(args)
+    model = engine.runner.model
+    params = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
+    ids = itertools.count()
+
+    def generate() -> list[int]:
+        engine.add_request([5, 6, 7], params, request_id=f"r{next(ids)}")
+        while engine.has_unfinished_requests():
+            outputs = engine.step()
+        return outputs[0].token_ids
+
+    with model_stubbed(engine):
+        assert torch.count_nonzero(model(torch.tensor([1, 2]), None)) == 0
+        stubbed = generate()
+        # Fixed logits every step: greedy repeats their argmax.
+        assert stubbed == [int(model.compute_logits(torch.zeros(1, 1)).argmax())] * 5
+    assert "forward" not in vars(model) and "compute_logits" not in vars(model)
+    assert generate() != stubbed  # the real model again
 
 
 def test_profiling_leaves_no_labels_behind(tiny_llama_dir):
