@@ -12,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -42,9 +39,9 @@ from skipdecode.core_protocol import (
     output_decoder,
 )
 from skipdecode.detokenizer import IncrementalDetokenizer
-from skipdecode.engine_core import run_engine_core
 from skipdecode.outputs import RequestOutput
 from skipdecode.scheduler import SamplingParams, SkipConfig
+from skipdecode.server.core_process import spawn_core
 from skipdecode.server.remote_request import EngineFront, RemoteRequest
 
 logger = logging.getLogger(__name__)
@@ -88,43 +85,8 @@ class EngineCoreClient:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Spawn the core, wait until its engine is loaded; RuntimeError if it cannot load."""
         self._loop = loop
-        self._dir = tempfile.mkdtemp(prefix="skipdecode-core-")
-        self._context = zmq.Context()
-        self._input = self._context.socket(zmq.PUSH)
-        self._output = self._context.socket(zmq.PULL)
-        self._input.bind(f"ipc://{self._dir}/input")
-        self._output.bind(f"ipc://{self._dir}/output")
-        mp = multiprocessing.get_context("spawn")
-        receiver, sender = mp.Pipe(duplex=False)
-        self._process = mp.Process(
-            target=run_engine_core,
-            args=(
-                self.config,
-                f"ipc://{self._dir}/input",
-                f"ipc://{self._dir}/output",
-                sender,
-                self.num_threads,
-                self.log_level,
-            ),  # fmt: skip
-            name="skipdecode-engine-core",
-            daemon=True,
-        )
-        self._process.start()
-        sender.close()
-        try:
-            message = receiver.recv()
-        except EOFError:
-            self._process.join(5)
-            self._cleanup()
-            raise RuntimeError(
-                f"the engine process exited while loading (code {self._process.exitcode})"
-            ) from None
-        if message[0] == "error":
-            logger.error("engine process failed to load:\n%s", message[2])
-            self._process.join(10)
-            self._cleanup()
-            raise RuntimeError(f"the engine failed to load: {message[1]}")
-        self.engine = EngineFront(message[1])
+        self._core = spawn_core(self.config, self.num_threads, self.log_level)
+        self.engine = EngineFront(self._core.info)
         logger.info("engine process %d ready (%d torch threads)", self.engine.pid, self.num_threads)
         self._receiver = threading.Thread(
             target=self._receive, name="skipdecode-core-receiver", daemon=True
@@ -133,7 +95,7 @@ class EngineCoreClient:
 
     @property
     def is_running(self) -> bool:
-        return self._dead is None and self._process.is_alive()
+        return self._dead is None and self._core.process.is_alive()
 
     @property
     def num_unfinished(self) -> int:
@@ -154,18 +116,9 @@ class EngineCoreClient:
         self._closing = True
         with contextlib.suppress(zmq.ZMQError):
             self._send(Shutdown())
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
+        self._core.stop(timeout)
         self._receiver.join(timeout)
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        self._input.close(linger=0)
-        self._output.close(linger=0)
-        self._context.term()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._core.close()
 
     # ---- requests --------------------------------------------------------------------------
 
@@ -222,30 +175,32 @@ class EngineCoreClient:
 
     def _send(self, message) -> None:
         with self._send_lock:
-            self._input.send(self._encode(message), copy=False)
+            self._core.input.send(self._encode(message), copy=False)
 
     # ---- what the core sends ---------------------------------------------------------------
 
     def _receive(self) -> None:
         """The receiver thread: hand each batch of messages to the loop; notice a dead core."""
         poller = zmq.Poller()
-        poller.register(self._output, zmq.POLLIN)
-        poller.register(self._process.sentinel, zmq.POLLIN)
+        poller.register(self._core.output, zmq.POLLIN)
+        poller.register(self._core.process.sentinel, zmq.POLLIN)
         dead = None
         while True:
             events = dict(poller.poll(RECEIVE_POLL_MS))
-            batch = self._drain() if self._output in events else []
-            exited = self._process.sentinel in events
+            batch = self._drain() if self._core.output in events else []
+            exited = self._core.process.sentinel in events
             if exited:
                 batch += self._drain()
             dead = next((m.dead for m in batch if m.dead), dead)
             if batch:
                 self._call_soon(self._dispatch, batch)
             if exited:
-                self._process.join(5)
+                self._core.process.join(5)
                 reason = "the engine stopped"
                 if not self._closing:
-                    reason = dead or f"the engine process exited (code {self._process.exitcode})"
+                    reason = (
+                        dead or f"the engine process exited (code {self._core.process.exitcode})"
+                    )
                     logger.error("engine process died: %s", reason)
                 self._call_soon(self._on_death, reason)
                 return
@@ -254,7 +209,7 @@ class EngineCoreClient:
         batch = []
         while True:
             try:
-                batch.append(self._decode(self._output.recv(zmq.NOBLOCK)))
+                batch.append(self._decode(self._core.output.recv(zmq.NOBLOCK)))
             except zmq.Again:
                 return batch
 

@@ -114,18 +114,24 @@ def test_latency_keeps_the_points_measured_before_a_failure(tiny_llama_dir, tmp_
     assert [(r["context_len"], r["label"]) for r in payload["results"]] == [(8, "1x")]
 
 
-def test_stubbed_model_leaves_only_host_work_then_comes_back(tiny_llama_dir):
+def tiny_engine(model_dir):
+    """An engine on the tiny model, built from bench flags as the bench commands build it."""
     from argparse import Namespace
 
     from skipdecode.benchmarks.engine_args import build_engine
+
+    args = Namespace(
+        model=str(model_dir), dtype="float32", device="cpu", max_num_seqs=4,
+        max_num_batched_tokens=64, block_size=4, kv_cache_memory=0.01,
+    )  # fmt: skip
+    return build_engine(args)
+
+
+def test_stubbed_model_leaves_only_host_work_then_comes_back(tiny_llama_dir):
     from skipdecode.benchmarks.step_profile import model_stubbed
     from skipdecode.scheduler import SamplingParams
 
-    args = Namespace(
-        model=str(tiny_llama_dir), dtype="float32", device="cpu", max_num_seqs=4,
-        max_num_batched_tokens=64, block_size=4, kv_cache_memory=0.01,
-    )  # fmt: skip
-    engine = build_engine(args)
+    engine = tiny_engine(tiny_llama_dir)
     model = engine.runner.model
     params = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True)
     ids = itertools.count()
@@ -146,18 +152,11 @@ def test_stubbed_model_leaves_only_host_work_then_comes_back(tiny_llama_dir):
 
 
 def test_profiling_leaves_no_labels_behind(tiny_llama_dir):
-    from argparse import Namespace
-
-    from skipdecode.benchmarks.engine_args import build_engine
     from skipdecode.benchmarks.step_profile import labelled
     from skipdecode.model_runner import ops
     from skipdecode.model_runner import runner as runner_module
 
-    args = Namespace(
-        model=str(tiny_llama_dir), dtype="float32", device="cpu", max_num_seqs=4,
-        max_num_batched_tokens=64, block_size=4, kv_cache_memory=0.01,
-    )  # fmt: skip
-    engine = build_engine(args)
+    engine = tiny_engine(tiny_llama_dir)
     original_context, original_sampler = runner_module.build_step_context, engine.runner.sampler
     original_norms = ops.rms_norm, ops.add_rms_norm
     with labelled(engine):
