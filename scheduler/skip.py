@@ -15,21 +15,50 @@ from functools import cached_property, lru_cache
 
 PRESET_DECAY_TOKENS = 32  # T used by speedup presets unless the caller picks one
 PRESET_DEPTH_RATIO = 1.5  # presets prefer D_max / D_min near this (a gentle linear decay)
-PRESET_TOLERANCE = 0.05  # a preset's speedup at N = T lands within 5% of the target
+PRESET_TOLERANCE = 0.05  # a preset's speedup at N = horizon (T) lands within 5% of the target
 DEFAULT_WARMUP_LAYERS = 1  # warm-up layers unless the caller (or, for presets, the model) says
 
 
 @dataclass(frozen=True)
 class PresetFamily:
-    """The warm-up and decay a speedup preset takes when the caller leaves them out.
+    """How a speedup preset picks its depths: the warm-up and decay it takes when the caller
+    leaves them out, and its shape.
 
-    A checkpoint trained with skipping records its own family (the warm-up and decay of the
-    schedules in its ``skip_schedule.json``), so ``{"speedup": 2}`` gets the 2x it was trained
-    for; every other model uses the generic one.
+    A checkpoint trained with skipping records its own family (in its ``skip_schedule.json``),
+    so ``{"speedup": 2}`` gets the 2x it was trained for; every other model uses the generic one.
+    The shape: the preset's speedup is met at ``N = horizon_tokens`` generated tokens (None: at
+    ``N = decay_tokens``), and among the depth pairs that meet it, the one whose
+    ``D_max / D_min`` is nearest ``depth_ratio`` wins. A larger ratio with a short decay and a
+    longer horizon is *front-loaded*: the first tokens run many layers, the rest few.
     """
 
     warmup_layers: int = DEFAULT_WARMUP_LAYERS
     decay_tokens: int = PRESET_DECAY_TOKENS
+    depth_ratio: float = PRESET_DEPTH_RATIO
+    horizon_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        owner = "PresetFamily"
+        w, decay = self.warmup_layers, self.decay_tokens
+        _check(_is_int(w) and w >= 0, "warmup_layers", ">= 0", owner)
+        _check(_is_int(decay) and decay >= 1, "decay_tokens", ">= 1", owner)
+        ratio = self.depth_ratio
+        _check(
+            isinstance(ratio, (int, float))
+            and not isinstance(ratio, bool)
+            and math.isfinite(ratio)
+            and ratio >= 1.0,
+            "depth_ratio",
+            "a finite number >= 1",
+            "PresetFamily",
+        )
+        horizon = self.horizon_tokens
+        _check(
+            horizon is None or (_is_int(horizon) and horizon >= 1),
+            "horizon_tokens",
+            ">= 1",
+            "PresetFamily",
+        )
 
 
 @dataclass(frozen=True)
@@ -89,6 +118,8 @@ class SkipConfig:
                 self.speedup,
                 family.decay_tokens if self.decay_tokens is None else self.decay_tokens,
                 family.warmup_layers if self.warmup_layers is None else self.warmup_layers,
+                family.depth_ratio,
+                family.horizon_tokens,
             )
         max_depth = num_layers if self.max_depth is None else self.max_depth
         min_depth = max_depth if self.min_depth is None else self.min_depth
@@ -216,26 +247,34 @@ class DepthSchedule:
 
 @lru_cache(maxsize=256)  # a search over every depth pair: ~24 ms at L = 30, T = 32
 def preset_schedule(
-    num_layers: int, speedup: float, decay_tokens: int = PRESET_DECAY_TOKENS, warmup_layers: int = 1
+    num_layers: int,
+    speedup: float,
+    decay_tokens: int = PRESET_DECAY_TOKENS,
+    warmup_layers: int = 1,
+    depth_ratio: float = PRESET_DEPTH_RATIO,
+    horizon_tokens: int | None = None,
 ) -> DepthSchedule:
-    """The schedule whose theoretical speedup at ``N = decay_tokens`` is nearest ``speedup``.
+    """The schedule whose theoretical speedup at ``N = horizon_tokens`` (None: ``decay_tokens``)
+    is nearest ``speedup``, in the shape ``depth_ratio`` asks for.
 
     Rule: among all integer pairs ``warmup + 1 <= D_min <= D_max <= L``, keep those within 5% of
-    the target, and pick the one whose ``D_max / D_min`` is closest to 1.5 (ties: smaller error).
-    1x is full depth. A target no pair reaches within 5% is an error.
+    the target at ``N``, and pick the one whose ``D_max / D_min`` is closest to ``depth_ratio``
+    (1.5 unless the model's preset family says otherwise; ties: smaller error). 1x is full
+    depth. A target no pair reaches within 5% is an error.
     """
     if speedup <= 1.0:
         return DepthSchedule.full(num_layers)
+    horizon = decay_tokens if horizon_tokens is None else horizon_tokens
     best: tuple[float, float, DepthSchedule] | None = None
     closest = math.inf
     for max_depth in range(warmup_layers + 1, num_layers + 1):
         for min_depth in range(warmup_layers + 1, max_depth + 1):
             sched = DepthSchedule(num_layers, warmup_layers, max_depth, min_depth, decay_tokens)
-            error = abs(sched.theoretical_speedup(decay_tokens) / speedup - 1)
+            error = abs(sched.theoretical_speedup(horizon) / speedup - 1)
             closest = min(closest, error)
             if error > PRESET_TOLERANCE:
                 continue
-            key = (abs(max_depth / min_depth - PRESET_DEPTH_RATIO), error, sched)
+            key = (abs(max_depth / min_depth - depth_ratio), error, sched)
             if best is None or key[:2] < best[:2]:
                 best = key
     if best is None:
@@ -251,6 +290,6 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check(ok: bool, name: str, requirement: str) -> None:
+def _check(ok: bool, name: str, requirement: str, owner: str = "SkipConfig") -> None:
     if not ok:
-        raise ValueError(f"SkipConfig.{name} must be {requirement}")
+        raise ValueError(f"{owner}.{name} must be {requirement}")

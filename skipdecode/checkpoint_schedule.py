@@ -12,12 +12,15 @@ Format (version 1)::
       "format": "skipdecode-skip-schedule", "version": 1,
       "default": {SkipConfig fields},          # served when a request brings no skip setting
       "schedules": [{SkipConfig fields}, ...], # every schedule the checkpoint was trained for
+      "preset_family": {PresetFamily fields},  # optional: how {"speedup": x} resolves for it
       ...                                      # free-form extras: data split, prompt format
     }
 
 Each SkipConfig object must name all five fields (``warmup_layers``, ``max_depth``,
 ``min_depth``, ``decay_tokens``, ``speedup``; ``null`` where unused), so a truncated file is an
-error instead of silently falling back to defaults.
+error instead of silently falling back to defaults; so must ``preset_family`` when present
+(``warmup_layers``, ``decay_tokens``, ``depth_ratio``, ``horizon_tokens``). Without it the
+family is the warm-up and decay of the first skipping schedule, in the generic shape.
 """
 
 from __future__ import annotations
@@ -79,6 +82,11 @@ def load_schedule_record(file: str | os.PathLike) -> dict[str, Any]:
         skip_from_dict(item, f"skip schedule file {file}: schedules[{i}]")
         for i, item in enumerate(record["schedules"])
     ]
+    if "preset_family" in record:
+        try:
+            parsed["preset_family"] = family_from_dict(record["preset_family"])
+        except ValueError as exc:
+            raise ValueError(f"invalid skip schedule file {file}: {exc}") from exc
     return parsed
 
 
@@ -117,9 +125,11 @@ def read_preset_family(model_path: str | None) -> PresetFamily | None:
 
 
 def preset_family(record: dict[str, Any]) -> PresetFamily | None:
-    """The warm-up and decay a checkpoint's speedup presets use: those of the first schedule it
-    was trained for with a speedup above 1, else those its default names; None if neither
-    names them."""
+    """The preset family of a checkpoint: its ``preset_family`` object when it has one (warm-up,
+    decay and shape), else the warm-up and decay of the first schedule it was trained for with
+    a speedup above 1, else those its default names; None if none names them."""
+    if "preset_family" in record:  # parsed by load_schedule_record
+        return record["preset_family"]
     skipping = [s for s in record["schedules"] if s.speedup is not None and s.speedup > 1]
     source = skipping[0] if skipping else record["default"]
     if source.warmup_layers is None and source.decay_tokens is None:
@@ -129,6 +139,19 @@ def preset_family(record: dict[str, Any]) -> PresetFamily | None:
         generic.warmup_layers if source.warmup_layers is None else source.warmup_layers,
         generic.decay_tokens if source.decay_tokens is None else source.decay_tokens,
     )
+
+
+def family_to_dict(family: PresetFamily) -> dict[str, Any]:
+    """All PresetFamily fields, JSON-ready."""
+    return dataclasses.asdict(family)
+
+
+def family_from_dict(fields: object) -> PresetFamily:
+    """A PresetFamily from a schedule file's ``preset_family`` object (every field named)."""
+    names = [f.name for f in dataclasses.fields(PresetFamily)]
+    if not isinstance(fields, dict) or sorted(fields) != sorted(names):
+        raise ValueError(f"preset_family: expected an object with exactly the fields {names}")
+    return PresetFamily(**fields)
 
 
 def write_skip_schedule(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from skipdecode import datasets
+from skipdecode.scheduler.skip import PRESET_DEPTH_RATIO
 from skipdecode.training import chat, e2e, e2e_split
 
 
@@ -128,6 +129,20 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     )
     _add_schedule_args(parser, "1")
     parser.add_argument(
+        "--depth-ratio",
+        type=float,
+        default=PRESET_DEPTH_RATIO,
+        help="preset shape: the D_max / D_min each speedup preset seeks (default 1.5); recorded"
+        ' in the checkpoint, so its {"speedup": x} requests resolve the same way',
+    )
+    parser.add_argument(
+        "--horizon-tokens",
+        type=int,
+        default=None,
+        help="presets meet their speedup at N = this many generated tokens (default:"
+        " --decay-tokens); with a short decay and a larger --depth-ratio, front-loaded schedules",
+    )
+    parser.add_argument(
         "--default-speedup",
         type=float,
         default=None,
@@ -200,6 +215,8 @@ def run_train(args: argparse.Namespace) -> int:
         speedups=args.speedups,
         decay_tokens=args.decay_tokens,
         warmup_layers=args.warmup_layers,
+        depth_ratio=args.depth_ratio,
+        horizon_tokens=args.horizon_tokens,
         default_speedup=args.default_speedup,
         kl_weight=args.kl_weight,
         teacher=args.teacher,

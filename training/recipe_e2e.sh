@@ -14,7 +14,7 @@
 # of 16 rows (207 steps per epoch on the name split), (c) ~12-14 s per step with the teacher;
 # (b) 1 epoch ~40 min, (c) 1.5 epochs ~65 min, eval ~4 min per model; about 2 h in all.
 # Knobs (environment): EPOCHS_FULL, EPOCHS_SKIP, BATCH, LR, SPEEDUPS_TRAIN, KL_WEIGHT,
-# DECAY_TOKENS, WARMUP_LAYERS, SPEEDUPS_EVAL, DATA, VAL_PERCENT, SPLIT_BY (name | mr),
+# DECAY_TOKENS, WARMUP_LAYERS, DEPTH_RATIO, HORIZON_TOKENS (the presets' shape), SPEEDUPS_EVAL, DATA, VAL_PERCENT, SPLIT_BY (name | mr),
 # NAME_VAL_PERCENT, SUBSTITUTE, SKIP_METHOD (gated | full), RANK, ALPHA, DEVICE, SAVE_EVERY;
 # for a quick smoke run of the whole pipeline: MAX_STEPS (per training stage), MAX_MRS and
 # MAX_TOKENS (eval); BASE replaces the base model (a .gguf file or an HF directory).
@@ -36,6 +36,8 @@ fi
 KL_WEIGHT=${KL_WEIGHT:-1.0}
 DECAY_TOKENS=${DECAY_TOKENS:-24}
 WARMUP_LAYERS=${WARMUP_LAYERS:-3}  # layers 0-2 carry copying (docs/quality.md, layer ablation)
+DEPTH_RATIO=${DEPTH_RATIO:-1.5}
+HORIZON_TOKENS=${HORIZON_TOKENS:-}     # empty: presets meet their speedup at DECAY_TOKENS
 SPEEDUPS_EVAL=${SPEEDUPS_EVAL:-1,2,3,4,5}
 DEVICE=${DEVICE:-auto}
 SAVE_EVERY=${SAVE_EVERY:-25}
@@ -62,6 +64,8 @@ mkdir -p "$OUT"
 # shellcheck source=training/recipe_lib.sh
 source "$ROOT/training/recipe_lib.sh"
 SCHEDULE_ARGS=(--decay-tokens "$DECAY_TOKENS" --warmup-layers "$WARMUP_LAYERS")
+SHAPE_ARGS=(--depth-ratio "$DEPTH_RATIO")  # recorded in (c): its {"speedup": x} presets keep it
+if [[ -n "$HORIZON_TOKENS" ]]; then SHAPE_ARGS+=(--horizon-tokens "$HORIZON_TOKENS"); fi
 COMMON=(--batch-size "$BATCH" --device "$DEVICE" --save-every "$SAVE_EVERY" --resume)
 case "$SKIP_METHOD" in
   gated) SKIP_ARGS=(--method lora --lora-rank "$RANK" --lora-alpha "$ALPHA" --lora-apply-to skipping --default-speedup 1)
@@ -79,7 +83,7 @@ run_stage "(c) skip-aware ${SPEEDUPS_TRAIN}x fine-tune, KL ${KL_WEIGHT} to (b)" 
   "$OUT/skip/train_summary.json" \
   "$SKIPDECODE" train --model "$OUT/full" --teacher "$OUT/full" --out "$OUT/skip" "${SKIP_ARGS[@]}" \
   --epochs "$EPOCHS_SKIP" --speedups "$SPEEDUPS_TRAIN" --kl-weight "$KL_WEIGHT" \
-  --substitute "$SUBSTITUTE" \
+  --substitute "$SUBSTITUTE" "${SHAPE_ARGS[@]}" \
   "${SCHEDULE_ARGS[@]}" "${COMMON[@]}" "${DATA_ARGS[@]}" "${TRAIN_ARGS[@]}"
 
 run_stage "eval (a) base, (b) full-ft, (c) skip-ft at ${SPEEDUPS_EVAL}x" "$OUT/eval/results.json" \

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from skipdecode import datasets
-from skipdecode.checkpoint_schedule import skip_to_dict
+from skipdecode.checkpoint_schedule import family_to_dict, skip_to_dict
 from skipdecode.model_runner.weights import resolve_model_path
-from skipdecode.scheduler import SkipConfig
+from skipdecode.scheduler import PresetFamily, SkipConfig
+from skipdecode.scheduler.skip import PRESET_DEPTH_RATIO
 from skipdecode.training import chat, checkpoint, e2e
 from skipdecode.training.data import DEFAULT_KL_WEIGHT, OBJECTIVES, load_training_data
 from skipdecode.training.e2e_split import DEFAULT_NAME_VAL_PERCENT, SPLITS
@@ -62,6 +63,8 @@ class TrainConfig:
     speedups: tuple[float, ...] = (1.0,)  # each batch samples one of these presets
     decay_tokens: int = e2e.DEFAULT_DECAY_TOKENS
     warmup_layers: int = 1
+    depth_ratio: float = PRESET_DEPTH_RATIO  # preset shape (PresetFamily): D_max / D_min sought
+    horizon_tokens: int | None = None  # presets meet their speedup at N = this (None: decay)
     default_speedup: float | None = None  # served by default; None: the largest of `speedups`
     kl_weight: float | None = None  # None: 1 for the kl and distill objectives, else 0
     teacher: str | None = None  # None with kl_weight > 0: the initial model
@@ -111,6 +114,17 @@ class TrainConfig:
         for message, ok in checks.items():
             if not ok:
                 raise ValueError(f"TrainConfig: {message}")
+        try:
+            _ = self.preset_family
+        except ValueError as exc:
+            raise ValueError(f"TrainConfig: {exc}") from exc
+
+    @property
+    def preset_family(self) -> PresetFamily:
+        """How the run's speedup presets resolve; recorded in the checkpoint for serving."""
+        return PresetFamily(
+            self.warmup_layers, self.decay_tokens, self.depth_ratio, self.horizon_tokens
+        )
 
     @property
     def learning_rate(self) -> float:
@@ -121,8 +135,11 @@ class TrainConfig:
         ignored = {"out_dir", "device", "save_every", "resume", "teacher_cache"}
         fields = {k: v for k, v in asdict(self).items() if k not in ignored}
         fields["speedups"] = list(self.speedups)
-        if not self.copy_prompts:  # runs saved before the option existed still resume
+        # Runs saved before these options existed still resume when they keep the defaults.
+        if not self.copy_prompts:
             del fields["copy_prompts"]
+        if self.depth_ratio == PRESET_DEPTH_RATIO and self.horizon_tokens is None:
+            del fields["depth_ratio"], fields["horizon_tokens"]
         return fields
 
 
@@ -156,7 +173,8 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     data = load_training_data(cfg, tokenizer, model.config.max_position_embeddings)
     examples = data.examples
     skips = preset_skips(cfg)
-    schedules = [s.resolve(model.config.num_hidden_layers) for s in skips]  # fail early
+    family = cfg.preset_family
+    schedules = [s.resolve(model.config.num_hidden_layers, family) for s in skips]  # fail early
     teacher = load_teacher(cfg.teacher or cfg.model, device) if cfg.kl_weight > 0 else None
     if cfg.method == "lora":
         model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha)
@@ -216,6 +234,7 @@ def _save_checkpoint(cfg: TrainConfig, model, tokenizer, skips, schedules, data)
             for k, s in zip(skips, schedules)
         ],
         "default_speedup": default,
+        "preset_family": family_to_dict(cfg.preset_family),
         "data": data.record,
         "prompt_format": data.prompt_format,
         "objective": {"name": cfg.objective, "kl_weight": cfg.kl_weight},

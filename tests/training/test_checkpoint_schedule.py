@@ -8,7 +8,13 @@ import pytest
 from tiny_models import NUM_LAYERS
 
 from skipdecode import LLM, SamplingParams, SkipConfig
-from skipdecode.checkpoint_schedule import SCHEDULE_FILE, read_skip_schedule, write_skip_schedule
+from skipdecode.checkpoint_schedule import (
+    SCHEDULE_FILE,
+    family_to_dict,
+    read_skip_schedule,
+    write_skip_schedule,
+)
+from skipdecode.scheduler import PresetFamily
 
 TRAINED = SkipConfig(warmup_layers=2, max_depth=6, min_depth=3, decay_tokens=4)
 
@@ -52,6 +58,25 @@ def test_speedup_presets_take_the_warmup_and_decay_the_checkpoint_trained_with(t
     assert (named.warmup_layers, named.decay_tokens) == (1, 6)
 
 
+def test_a_recorded_preset_family_shapes_the_speedup_presets(tiny_llama_copy):
+    from skipdecode.server.engine_client import _preset_knobs
+
+    front = PresetFamily(warmup_layers=1, decay_tokens=4, depth_ratio=3.0, horizon_tokens=8)
+    trained = [SkipConfig.for_speedup(2.0, decay_tokens=4, warmup_layers=1)]
+    write_skip_schedule(
+        tiny_llama_copy, SkipConfig.for_speedup(1.0), trained, preset_family=family_to_dict(front)
+    )
+    llm = LLM(str(tiny_llama_copy), dtype="float32", num_kv_blocks=64, block_size=4)
+    assert llm.engine.preset_family == front
+    # On 8 layers the generic shape gives 2x as 4 -> 4; this family's, met at 8 tokens with
+    # D_max / D_min near 3, as 6 -> 3 (the rule is checked by brute force in the unit tests).
+    assert SkipConfig.for_speedup(2.0, 4, 1).resolve(NUM_LAYERS).depths(5) == [4] * 5
+    out = llm.generate([1, 2, 3], greedy(8), skip=SkipConfig.for_speedup(2.0))[0]
+    assert out.depths == [6, 5, 4, 4, 3, 3, 3, 3]  # round(6 - 3g/4), halves to even
+    knobs = _preset_knobs(NUM_LAYERS, SkipConfig(speedup=2.0), front)
+    assert (knobs.max_depth, knobs.min_depth, knobs.decay_tokens) == (6, 3, 4)
+
+
 def test_without_a_schedule_file_the_default_is_full_depth(tiny_llama_copy):
     assert read_skip_schedule(str(tiny_llama_copy)) is None
     llm = LLM(str(tiny_llama_copy), dtype="float32", num_kv_blocks=64, block_size=4)
@@ -83,6 +108,8 @@ def _valid_record() -> dict:
         ("bad value", "min_depth must be <= max_depth"),
         ("no default", "needs 'default' and 'schedules'"),
         ("too deep for the model", "max_depth/min_depth"),
+        ("family field missing", "preset_family: expected an object with exactly the fields"),
+        ("bad family value", "PresetFamily.depth_ratio must be"),
     ],
 )
 def test_bad_schedule_files_fail_naming_the_file(tiny_llama_copy, case, expected):
@@ -95,6 +122,11 @@ def test_bad_schedule_files_fail_naming_the_file(tiny_llama_copy, case, expected
         del record["default"]
     elif case == "too deep for the model":
         record["default"].update(max_depth=20, min_depth=10)
+    elif case == "family field missing":
+        record["preset_family"] = {"warmup_layers": 1, "decay_tokens": 8, "depth_ratio": 2.0}
+    elif case == "bad family value":
+        family = {"warmup_layers": 1, "decay_tokens": 8, "depth_ratio": 0.2}
+        record["preset_family"] = {**family, "horizon_tokens": None}
     text = "{ not json" if case == "not json" else json.dumps(record)
     path = _write_raw(tiny_llama_copy, text)
     with pytest.raises(ValueError, match=expected) as info:

@@ -127,3 +127,26 @@ def test_each_epoch_visits_every_example_once_in_length_sorted_batches():
     first = loop_module.batch_indices(0, lengths, 16, seed=5)
     assert first != loop_module.batch_indices(steps_per_epoch, lengths, 16, seed=5)
     assert first == loop_module.batch_indices(0, lengths, 16, seed=5)
+
+
+def test_a_shaped_preset_family_trains_and_is_recorded(tiny_llama_dir, e2e_csv, tmp_path):
+    from skipdecode.checkpoint_schedule import load_schedule_record
+    from skipdecode.scheduler import PresetFamily, SkipConfig
+
+    shape = dict(decay_tokens=4, warmup_layers=1, depth_ratio=3.0, horizon_tokens=8)
+    out = tmp_path / "front"
+    train(_config(tiny_llama_dir, e2e_csv, out, speedups=(2.0,), max_steps=1, **shape))
+    record = load_schedule_record(out / "skip_schedule.json")
+    family = PresetFamily(1, 4, 3.0, 8)
+    assert record["preset_family"] == family
+    # The run trained the schedule this family resolves 2x to (6 -> 3 on 8 layers), not the
+    # generic shape's (4 -> 4).
+    resolved = record["trained_for"][0]["resolved"]
+    assert (resolved["max_depth"], resolved["min_depth"]) == (6, 3)
+    assert SkipConfig.for_speedup(2.0, 4, 1).resolve(8).max_depth == 4
+    # A resumed run must keep the shape; runs saved before it existed keep the generic one.
+    shaped = _config(tiny_llama_dir, e2e_csv, out, **shape).fingerprint()
+    assert (shaped["depth_ratio"], shaped["horizon_tokens"]) == (3.0, 8)
+    assert "depth_ratio" not in _config(tiny_llama_dir, e2e_csv, out).fingerprint()
+    with pytest.raises(ValueError, match="PresetFamily.horizon_tokens"):
+        _config(tiny_llama_dir, e2e_csv, tmp_path / "bad", horizon_tokens=0)

@@ -162,6 +162,63 @@ def test_a_model_family_fills_only_what_the_preset_leaves_out(target):
     assert SkipConfig.for_speedup(1).resolve(30, family).is_full_depth
 
 
+def ref_shaped_preset(num_layers, target, decay, warmup, ratio, horizon):
+    """(D_max, D_min) by the documented rule, by exhaustive search: every pair within 5% of the
+    target at ``horizon`` tokens, the one with D_max / D_min nearest ``ratio``, then the
+    smaller error."""
+    candidates = []
+    for d_max in range(warmup + 1, num_layers + 1):
+        for d_min in range(warmup + 1, d_max + 1):
+            total = sum(ref_depth(d_max, d_min, decay, g) for g in range(horizon))
+            error = abs(num_layers * horizon / total / target - 1)
+            if error <= 0.05:
+                candidates.append((abs(d_max / d_min - ratio), error, d_max, d_min))
+    return min(candidates)[2:]
+
+
+@pytest.mark.parametrize(
+    ("target", "decay", "warmup", "ratio", "horizon"),
+    [(2, 12, 3, 2.0, 24), (3, 12, 3, 2.5, 24), (3, 16, 1, 3.0, 40), (4, 8, 2, 1.5, None)],
+)
+def test_a_family_shape_picks_the_ratio_at_its_horizon(target, decay, warmup, ratio, horizon):
+    family = PresetFamily(warmup, decay, depth_ratio=ratio, horizon_tokens=horizon)
+    s = SkipConfig.for_speedup(target).resolve(30, family)
+    n = decay if horizon is None else horizon
+    assert (s.warmup_layers, s.decay_tokens) == (warmup, decay)
+    assert (s.max_depth, s.min_depth) == ref_shaped_preset(30, target, decay, warmup, ratio, n)
+    assert abs(ref_speedup(s, n) / target - 1) <= 0.05
+
+
+def test_the_generic_shape_is_the_ratio_15_at_the_decay():
+    for target in (2, 3, 4):
+        s = SkipConfig.for_speedup(target, decay_tokens=24, warmup_layers=3).resolve(30)
+        assert (s.max_depth, s.min_depth) == ref_shaped_preset(30, target, 24, 3, 1.5, 24)
+
+
+def test_a_front_loaded_family_runs_more_layers_first_at_the_same_speedup():
+    gentle = SkipConfig.for_speedup(3).resolve(30, PresetFamily(3, 24))
+    front = SkipConfig.for_speedup(3).resolve(30, PresetFamily(3, 12, 2.5, 24))
+    assert front.depth(0) > gentle.depth(0) and front.depth(30) < gentle.depth(30)
+    assert abs(front.theoretical_speedup(24) / gentle.theoretical_speedup(24) - 1) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"depth_ratio": 0.5}, "depth_ratio"),
+        ({"depth_ratio": float("nan")}, "depth_ratio"),
+        ({"depth_ratio": True}, "depth_ratio"),
+        ({"horizon_tokens": 0}, "horizon_tokens"),
+        ({"horizon_tokens": 2.5}, "horizon_tokens"),
+        ({"decay_tokens": 0}, "decay_tokens"),
+        ({"warmup_layers": -1}, "warmup_layers"),
+    ],
+)
+def test_invalid_preset_family_raises_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"PresetFamily.{field}"):
+        PresetFamily(**kwargs)
+
+
 @pytest.mark.parametrize(("target", "decay", "warmup"), [(3, 256, 1), (2, 64, 2), (4, 8, 1)])
 def test_speedup_preset_with_other_decay_and_warmup(target, decay, warmup):
     config = SkipConfig.for_speedup(target, decay_tokens=decay, warmup_layers=warmup)
