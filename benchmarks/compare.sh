@@ -44,6 +44,7 @@ GUIDELLM="${GUIDELLM:-}"             # set: a guidellm binary (PyPI guidellm, it
 SKIP_HF="${SKIP_HF:-0}"
 OFFLINE="${OFFLINE:-0}"
 LATENCY_FLAGS="${LATENCY_FLAGS:---batch-size 1,16,64 --context-len 128,512,2048 --num-steps 16}"
+SERVE_FLAGS="${SERVE_FLAGS:-}"       # more `skipdecode serve` flags (e.g. --quantization int8)
 BENCH_FLAGS="${BENCH_FLAGS:-}"       # more `bench serve` flags for every system (same workload)
 CTX_PER_SLOT="${CTX_PER_SLOT:-$(( INPUT_LEN + OUTPUT_LEN + 64 ))}"  # llama.cpp context per slot
 # llama-server: one HTTP thread per stream and a few spare (its default in recent versions,
@@ -123,8 +124,9 @@ run_step kv "${SD[@]}" bench kv --model "$MODEL" --dtype "$DTYPE" --budget-mib 6
   --input-len "$INPUT_LEN" --output-len 512 --speedups "${SPEEDUPS// /,}" --output-json "$OUT/kv.json"
 
 # 1. our server, one process for all speedups (each request carries its skip field).
+# shellcheck disable=SC2086  # SERVE_FLAGS is a list of flags
 "${SD[@]}" serve --model "$MODEL" --dtype "$DTYPE" --port "$PORT" --max-num-seqs "$MAX_NUM_SEQS" \
-  --log-level warning > "$OUT/logs/skipdecode-serve.log" 2>&1 &
+  --log-level warning $SERVE_FLAGS > "$OUT/logs/skipdecode-serve.log" 2>&1 &
 server_pid=$!
 if wait_healthy "http://127.0.0.1:$PORT"; then
   for s in $SPEEDUPS; do
