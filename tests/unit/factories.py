@@ -7,6 +7,7 @@ code against the definition rather than against itself.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from fractions import Fraction
 from functools import cache
@@ -132,3 +133,17 @@ def step(scheduler: Scheduler, token: int | TokenFn = 7) -> SchedulerOutput:
     out = scheduler.schedule()
     scheduler.update(out, fake_runner_output(out, token))
     return out
+
+
+def random_schedules(seed: int, count: int) -> list[DepthSchedule]:
+    """Valid schedules over a wide range of (L, w, D_max, D_min, T)."""
+    rng = random.Random(seed)
+    schedules = []
+    for _ in range(count):
+        num_layers = rng.randint(2, 40)
+        warmup = rng.randint(0, min(3, num_layers - 1))
+        min_depth = rng.randint(warmup + 1, num_layers)
+        max_depth = rng.randint(min_depth, num_layers)
+        decay = rng.choice([1, 2, 3, 7, rng.randint(1, 100)])
+        schedules.append(DepthSchedule(num_layers, warmup, max_depth, min_depth, decay))
+    return schedules
