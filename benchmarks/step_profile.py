@@ -22,6 +22,8 @@ from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from skipdecode.model_runner.quant_linear import Int4Linear, Int8Linear
+
 PREFIX = "bench::"
 MODEL_PARTS = ("embedding", "attention", "mlp", "norms", "lm_head")
 HOST_PARTS = ("step_metadata", "sampling", "schedule", "update")
@@ -215,12 +217,17 @@ def _range_totals(prof: profile) -> tuple[dict[str, float], dict[str, float]]:
     return cpu_us, device_us
 
 
+def _is_linear(module: nn.Module) -> bool:
+    """An ``nn.Linear`` or a weight-only quantized linear (``Int8Linear``, ``Int4Linear``)."""
+    return isinstance(module, (nn.Linear, Int8Linear, Int4Linear))
+
+
 def linear_shapes(model: nn.Module) -> list[tuple[str, int, int, int]]:
     """(name, in, out, calls per full-depth token) of every distinct matmul of the model."""
     num_layers = model.num_layers
     shapes: dict[tuple[str, int, int], int] = {}
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
+        if not _is_linear(module):
             continue
         parts = name.split(".")
         in_layer = "layers" in parts

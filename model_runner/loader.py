@@ -37,7 +37,8 @@ def build_model(
     stream in, in float32 before the copy into ``dtype`` and before the CPU fusing/packing
     (which then see merged weights). One with ``apply_to == "skipping"`` leaves the weights
     unmerged: after the fusing/packing, its linears are wrapped to add the update on skipping
-    rows only (gated_adapter.py; the gate is ``model.adapter_gate``).
+    rows only (gated_adapter.py; the gate is ``model.adapter_gate``), with merged copies for
+    all-skipping layers where :func:`merges_gated` says so.
 
     ``quantization`` (resolved, see loading.resolve_quantization): "none"; "int8" or "int4"
     (``group_size`` columns per scale) quantize every linear after loading and fusing;
@@ -72,8 +73,16 @@ def build_model(
     if can_pack(model):
         pack_linears(model)  # the linears left float
     if is_gated:
-        attach_gated_adapter(model, gated_targets, adapter.scale)
+        attach_gated_adapter(model, gated_targets, adapter.scale, merge=merges_gated(device, dtype))
     return model.eval()
+
+
+def merges_gated(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a gated adapter also keeps merged copies of its linears (for steps where every
+    row skips): in reduced precision on CPU, where the update's three small matmuls per linear
+    cost a third of a one-stream skipping step. In float32 (the exactness tests' dtype) the
+    update is always added to the base's output, as the slow reference does."""
+    return device.type == "cpu" and dtype != torch.float32
 
 
 def load_weights(

@@ -88,6 +88,22 @@ def test_latency_with_breakdown_and_matmul(tiny_llama_dir, tmp_path):
     assert matmul["decode_fraction_of_matmul"] > 0
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_latency_of_a_quantized_model_counts_its_quantized_matmuls(tiny_llama_dir, tmp_path, mode):
+    """The matmul peak covers the quantized linears (the fused q/k/v and gate/up included)."""
+    payload = run_cli(
+        "bench", "latency", "--model", str(tiny_llama_dir), "--dtype", "float32",
+        "--quantization", mode, "--batch-size", "2", "--context-len", "8", "--num-steps", "2",
+        "--speedups", "1", "--no-profile", "--peak-batch", "2", "--matmul-seconds", "0.01",
+        "--output-json", str(tmp_path / "latency.json"),
+    )  # fmt: skip
+    counts = {s["name"]: s["count"] for s in payload["matmul"]["shapes"]}
+    # Every layer's projections once per layer, the LM head once: 2 fused + o + down.
+    assert sum(counts.values()) == 4 * NUM_LAYERS + 1
+    assert counts["lm_head"] == 1
+    assert payload["matmul"]["model_mix_gflops"] > 0
+
+
 def test_latency_keeps_the_points_measured_before_a_failure(tiny_llama_dir, tmp_path, monkeypatch):
     """The JSON is rewritten after every point, so a run cut short still leaves its data."""
     from skipdecode.benchmarks import latency
