@@ -14,7 +14,7 @@ from skipdecode.model_runner.gated_adapter import (
 from skipdecode.model_runner.loader import merges_gated
 from skipdecode.model_runner.lora_merge import merged_linear
 from skipdecode.model_runner.quant import quantize_weight
-from skipdecode.model_runner.quant_linear import quantized_linear
+from skipdecode.model_runner.quant_linear import Int8Linear, quantized_linear
 
 IN, OUT, RANK = 40, 24, 6
 
@@ -99,20 +99,17 @@ def test_merging_into_a_float_linear_adds_b_times_a_to_the_weight():
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_merging_into_a_quantized_linear_requantizes_on_the_same_grid(mode):
+def test_merging_into_a_quantized_linear_requantizes_to_per_channel_int8(mode):
     base, _ = quantized_base(mode, torch.float32)
     lora_a, lora_b = torch.randn(RANK, IN) * 0.1, torch.randn(OUT, RANK) * 0.1
     merged = merged_linear(base, lora_a, lora_b)
-    assert type(merged) is type(base)
-    if mode == "int4":
-        assert merged.group_size == base.group_size
+    assert type(merged) is Int8Linear
     eye = torch.eye(IN)
     base_weight = base(eye).t()  # what the base multiplies with, read back exactly in fp32
     want = base_weight + lora_b @ lora_a
     got = merged(eye).t()
-    # Rounded to the grid once: within half a step of the merged weight (int8: a step is the
-    # row's max |w| / 127; int4: the group's range / 15).
-    half_step = want.abs().amax(dim=1, keepdim=True) / (127 if mode == "int8" else 7.5) / 2
+    # Rounded to the int8 grid once: within half a step (the row's max |w| / 127).
+    half_step = want.abs().amax(dim=1, keepdim=True) / 127 / 2
     assert ((got - want).abs() <= half_step * 1.01).all()
 
 
