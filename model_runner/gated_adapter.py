@@ -128,11 +128,9 @@ class GatedLoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.in_features, self.out_features = lora_a.shape[1], lora_b.shape[0]
-        self.register_buffer("lora_a", lora_a, persistent=False)
-        self.register_buffer("lora_b", lora_b, persistent=False)
-        # Transposed once, contiguous: x @ a_t @ b_t without a strided operand per call.
-        self.register_buffer("a_t", lora_a.t().contiguous(), persistent=False)
-        self.register_buffer("b_t", lora_b.t().contiguous(), persistent=False)
+        # Kept transposed and contiguous: x @ a_t @ b_t without a strided operand per call.
+        self.register_buffer("a_t", lora_a.t().contiguous(), persistent=False)  # [in, R]
+        self.register_buffer("b_t", lora_b.t().contiguous(), persistent=False)  # [R, out]
         small = lora_a.device.type == "cpu" and lora_a.dtype != torch.float32
         self.a_t32 = self.a_t.float() if small else None
         self.b_t32 = self.b_t.float() if small else None
@@ -142,10 +140,18 @@ class GatedLoRALinear(nn.Module):
         # Derived from the other weights, so kept out of the module tree and its state.
         self.merged: nn.Module | None = None
 
+    @property
+    def lora_a(self) -> torch.Tensor:
+        return self.a_t.t()  # [R, in]
+
+    @property
+    def lora_b(self) -> torch.Tensor:
+        return self.b_t.t()  # [out, R]
+
     def merge_update(self) -> None:
-        """Build ``merged``: the base's weight plus ``B @ A``, rounded once to the base's format
-        (float, or requantized to its int8/int4 grid), so a layer whose every row skips runs
-        one matmul instead of three. It costs the base's memory a second time."""
+        """Build ``merged``: the base's weight plus ``B @ A``, rounded once (to the float dtype,
+        or to per-channel int8 over a quantized base; lora_merge.py), so a layer whose every row
+        skips runs one matmul instead of three. It costs the base's memory a second time."""
         object.__setattr__(self, "merged", merged_linear(self.base, self.lora_a, self.lora_b))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,25 +234,23 @@ def attach_gated_adapter(
         # Scaled in float32, then rounded once to the model dtype.
         return (t.to(torch.float32) * factor).to(device=param.device, dtype=param.dtype)
 
+    def wrap(base: nn.Module, a: torch.Tensor, b: torch.Tensor, layer: int) -> GatedLoRALinear:
+        wrapped = GatedLoRALinear(base, cast(a), cast(b, scale), layer, gate)
+        if merge:
+            wrapped.merge_update()
+        return wrapped
+
     fused: dict[tuple[int, str], list[GatedTarget]] = {}
     for t in targets:
         if t.fused_name is not None and getattr(t.parent, t.fused_name, None) is not None:
             fused.setdefault((id(t.parent), t.fused_name), []).append(t)
             continue
-        wrapped = GatedLoRALinear(
-            getattr(t.parent, t.name), cast(t.lora_a), cast(t.lora_b, scale), t.layer, gate
-        )
-        setattr(t.parent, t.name, wrapped)
+        setattr(t.parent, t.name, wrap(getattr(t.parent, t.name), t.lora_a, t.lora_b, t.layer))
     for group in fused.values():
         first = group[0]
         a, b = _stacked_pair(group)  # [R * k, in], [sum(out), R * k]
         base = getattr(first.parent, first.fused_name)
-        wrapped = GatedLoRALinear(base, cast(a), cast(b, scale), first.layer, gate)
-        setattr(first.parent, first.fused_name, wrapped)
-    if merge:
-        for module in model.modules():
-            if isinstance(module, GatedLoRALinear):
-                module.merge_update()
+        setattr(first.parent, first.fused_name, wrap(base, a, b, first.layer))
     model.adapter_gate = gate
     return gate
 
