@@ -76,6 +76,15 @@ def save_state(
     os.replace(staging, path)
 
 
+def settings_changed(saved: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    """The settings that differ between a saved run and this one, as ``key: old -> new`` pairs
+    (empty when none do). Values compare after a JSON round trip, as summaries store them."""
+    current = json.loads(json.dumps(fingerprint))
+    saved = json.loads(json.dumps(saved))
+    differing = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differing)
+
+
 def load_state(
     out_dir: str | os.PathLike,
     model: nn.Module,
@@ -93,13 +102,9 @@ def load_state(
     if not path.exists():
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)  # our own file
-    saved = state["fingerprint"]
-    differing = sorted(
-        k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
-    )
-    if differing:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {fingerprint.get(k)!r}" for k in differing)
-        raise ValueError(f"cannot resume {path}: the run's settings changed ({details})")
+    changed = settings_changed(state["fingerprint"], fingerprint)
+    if changed:
+        raise ValueError(f"cannot resume {path}: the run's settings changed ({changed})")
     params = trainable_parameters(model)
     if set(params) != set(state["params"]):
         raise ValueError(f"cannot resume {path}: its parameters do not match this model")

@@ -219,6 +219,13 @@ def _already_finished(cfg: TrainConfig) -> bool:
     if checkpoint.is_finished(out_dir):
         if not cfg.resume:
             raise ValueError(f"{out_dir} holds a finished run; pass --resume to keep it")
+        saved = json.loads((out_dir / checkpoint.SUMMARY_FILE).read_text()).get("config", {})
+        changed = checkpoint.settings_changed(saved, cfg.fingerprint())
+        if changed:
+            raise ValueError(
+                f"{out_dir} holds a finished run with other settings ({changed}); "
+                "pick another --out"
+            )
         return True
     if (out_dir / checkpoint.STATE_FILE).exists() and not cfg.resume:
         raise ValueError(f"{out_dir} holds a started run: pass --resume, or pick another --out")

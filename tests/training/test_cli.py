@@ -27,7 +27,7 @@ def test_parsers_accept_the_documented_flags():
         build_parser().parse_args(["train", "--out", "x", "--speedups", "0.5"])
 
 
-def test_train_two_steps_writes_a_servable_checkpoint(tiny_llama_dir, e2e_csv, tmp_path):
+def test_train_two_steps_writes_a_servable_checkpoint(tiny_llama_dir, e2e_csv, tmp_path, capsys):
     out = tmp_path / "ckpt"
     argv = ["train", "--model", str(tiny_llama_dir), "--out", str(out), "--data", str(e2e_csv)]
     argv += ["--val-percent", "0", "--max-steps", "2", "--batch-size", "2", "--method", "lora"]
@@ -47,6 +47,10 @@ def test_train_two_steps_writes_a_servable_checkpoint(tiny_llama_dir, e2e_csv, t
     assert out_ids[0].depths == [schedule.depth(g) for g in range(8)]
     assert min(out_ids[0].depths) < NUM_LAYERS
     assert main(argv + ["--resume"]) == 0  # a finished run is skipped, not redone
+    # ...but not when the settings differ: that would report one run under another's name.
+    with pytest.raises(SystemExit):
+        main([*argv[:-6], "--speedups", "1,3", *argv[-4:], "--resume"])
+    assert "other settings (speedups: [1.0, 2.0] -> [1.0, 3.0])" in capsys.readouterr().err
 
 
 def test_eval_writes_table_json_and_plot(tiny_llama_dir, e2e_csv, tmp_path):
