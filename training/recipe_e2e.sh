@@ -12,7 +12,8 @@
 # started training stage continues from its last saved state (every SAVE_EVERY steps).
 # Budget on a 2-core CPU when it is otherwise idle (fp32 on AVX2, 2026-12): (b) ~12 s per step
 # of 16 rows (207 steps per epoch on the name split), (c) ~12-14 s per step with the teacher;
-# (b) 1 epoch ~40 min, (c) 1.5 epochs ~65 min, eval ~4 min per model; about 2 h in all.
+# (b) 1 epoch ~40 min, (c) 1.5 epochs ~65 min, eval ~4 min per model; about 2 h in all. With
+# AVX512-BF16 (bf16 autocast, 2026-12): (b) 18 min, (c) 31 min, eval 6 min; under 1 h.
 # Knobs (environment): EPOCHS_FULL, EPOCHS_SKIP, BATCH, LR, SPEEDUPS_TRAIN, KL_WEIGHT,
 # DECAY_TOKENS, WARMUP_LAYERS, DEPTH_RATIO, HORIZON_TOKENS (the presets' shape), SPEEDUPS_EVAL, DATA, VAL_PERCENT, SPLIT_BY (name | mr),
 # NAME_VAL_PERCENT, SUBSTITUTE, SKIP_METHOD (gated | full), RANK, ALPHA, DEVICE, SAVE_EVERY;
