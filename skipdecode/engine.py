@@ -51,6 +51,11 @@ class Engine:
         # The context length is known once the model is loaded: a new scheduler config carries
         # it (the caller's config is not written to).
         max_len = config.model.max_model_len or loaded.max_model_len
+        if max_len > loaded.max_model_len:  # positions past it have no embedding or rotary angle
+            raise ValueError(
+                f"max_model_len={max_len} is longer than the model's context length "
+                f"({loaded.max_model_len} positions, max_position_embeddings of its config)"
+            )
         budget = config.scheduler.max_num_batched_tokens or default_step_tokens(
             config.model.torch_device.type
         )

@@ -37,6 +37,15 @@ def tiny_llama_dir(tmp_path_factory, smollm_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_4k_dir(tmp_path_factory, smollm_tokenizer) -> Path:
+    """The tiny Llama with a 4,096-token context, for streams that run for seconds."""
+    from tiny_models import save_tiny
+
+    directory = tmp_path_factory.mktemp("tiny-llama-4k")
+    return save_tiny("llama", directory, smollm_tokenizer, max_positions=4096)
+
+
+@pytest.fixture(scope="session")
 def tiny_opt_dir(tmp_path_factory, smollm_tokenizer) -> Path:
     from tiny_models import save_tiny
 

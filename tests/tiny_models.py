@@ -19,8 +19,10 @@ NUM_LAYERS = 8
 VOCAB = 49152  # SmolLM2's, so the tiny models can share its tokenizer
 
 
-def tiny_config(kind: str, vocab_size: int = VOCAB):
-    common = dict(vocab_size=vocab_size, max_position_embeddings=512, attn_implementation="eager")
+def tiny_config(kind: str, vocab_size: int = VOCAB, max_positions: int = 512):
+    common = dict(
+        vocab_size=vocab_size, max_position_embeddings=max_positions, attn_implementation="eager"
+    )
     if kind == "llama":
         return LlamaConfig(
             hidden_size=64,
@@ -57,10 +59,10 @@ def tiny_config(kind: str, vocab_size: int = VOCAB):
     raise ValueError(kind)
 
 
-def tiny_hf_model(kind: str, vocab_size: int = VOCAB, seed: int = 0):
+def tiny_hf_model(kind: str, vocab_size: int = VOCAB, seed: int = 0, max_positions: int = 512):
     torch.manual_seed(seed)
     cls = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "opt": OPTForCausalLM}[kind]
-    model = cls(tiny_config(kind, vocab_size)).eval()
+    model = cls(tiny_config(kind, vocab_size, max_positions)).eval()
     # Larger-than-default weights give peaked, decisive distributions, so greedy paths do not
     # hinge on float rounding; biases get values too, so their loading is tested.
     with torch.no_grad():
@@ -72,8 +74,8 @@ def tiny_hf_model(kind: str, vocab_size: int = VOCAB, seed: int = 0):
     return model
 
 
-def save_tiny(kind: str, directory: Path, tokenizer=None) -> Path:
-    model = tiny_hf_model(kind)
+def save_tiny(kind: str, directory: Path, tokenizer=None, max_positions: int = 512) -> Path:
+    model = tiny_hf_model(kind, max_positions=max_positions)
     model.save_pretrained(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)

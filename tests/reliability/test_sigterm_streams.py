@@ -16,7 +16,7 @@ GRACE_S = 3.0
 EXIT_MARGIN_S = 6.0  # engine thread join, uvicorn's ticks, interpreter exit, a loaded machine
 NUM_STREAMS = 16
 SHORT = {"model": "tiny", "max_tokens": 24, "ignore_eos": True, "temperature": 0}
-ENDLESS = {"model": "tiny", "max_tokens": 1000, "ignore_eos": True, "temperature": 0}
+ENDLESS = {"model": "tiny", "max_tokens": 4000, "ignore_eos": True, "temperature": 0}
 
 
 def stream_body(i: int) -> dict:
@@ -32,7 +32,9 @@ async def read_stream(client: httpx.AsyncClient, i: int, started: asyncio.Event)
                 continue
             events.append(line[6:])
             if line != "data: [DONE]":
-                choice = json.loads(line[6:])["choices"][0]
+                event = json.loads(line[6:])
+                assert "choices" in event, event  # an error event instead of a chunk
+                choice = event["choices"][0]
                 text += choice["text"]
                 reasons.append(choice["finish_reason"])
             if len(events) == 2:
@@ -50,8 +52,10 @@ async def refused(url: str, headers: dict) -> bool:
     return response.status_code == 503
 
 
-def test_sigterm_during_16_streams(tiny_llama_dir):
-    args = tiny_args(tiny_llama_dir, "--shutdown-timeout", str(GRACE_S), "--max-model-len", "2048")
+def test_sigterm_during_16_streams(tiny_llama_4k_dir):
+    args = tiny_args(
+        tiny_llama_4k_dir, "--shutdown-timeout", str(GRACE_S), "--max-model-len", "4096"
+    )
     server = ServerProcess(args).wait_ready()
     try:
         with server.http() as http:  # what each short stream must produce

@@ -63,6 +63,20 @@ def successes_by_replica(proc: ServerProcess) -> dict[str, float]:
     return requests_by_replica(httpx.get(f"{proc.url}/metrics", timeout=30).text)
 
 
+def settled_successes(proc: ServerProcess) -> dict[str, float]:
+    """The counters once every replica has reported what it served: two reads more than a
+    report period (0.5 s) apart agree. A request served just before may land a report late."""
+    previous = successes_by_replica(proc)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(1.2)
+        current = successes_by_replica(proc)
+        if current == previous:
+            return current
+        previous = current
+    raise AssertionError("the replicas' request counters never settled")
+
+
 def all_idle(proc: ServerProcess) -> dict[str, dict] | None:
     stats = replica_stats(proc)
     busy = [
@@ -121,7 +135,7 @@ def test_error_bodies_match_the_single_process(ray_server, server, path, body, h
 
 
 def test_concurrent_requests_spread_over_both_replicas(ray_server):
-    before = successes_by_replica(ray_server)
+    before = settled_successes(ray_server)
 
     async def run() -> list[int]:
         client = ray_server.async_openai_client()
@@ -132,8 +146,7 @@ def test_concurrent_requests_spread_over_both_replicas(ray_server):
         return [len(r.choices[0].text) for r in await asyncio.gather(*calls)]
 
     assert len(asyncio.run(run())) == 32
-    time.sleep(1.5)  # the replicas report twice a second
-    after = successes_by_replica(ray_server)
+    after = settled_successes(ray_server)
     served = {r: after.get(r, 0) - before.get(r, 0) for r in replica_stats(ray_server)}
     assert len(served) == 2 and all(n > 0 for n in served.values()), served
     assert sum(served.values()) == 32

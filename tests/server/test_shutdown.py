@@ -22,7 +22,9 @@ async def read_stream(client: httpx.AsyncClient, body: dict, started: asyncio.Ev
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            choice = json.loads(line[6:])["choices"][0]
+            event = json.loads(line[6:])
+            assert "choices" in event, event  # an error event instead of a chunk
+            choice = event["choices"][0]
             text += choice["text"]
             reason = choice["finish_reason"] or reason
             num_chunks += 1
@@ -31,9 +33,9 @@ async def read_stream(client: httpx.AsyncClient, body: dict, started: asyncio.Ev
     return {"text": text, "finish_reason": reason}
 
 
-def test_sigterm_drains_streams_and_exits_zero(tiny_llama_dir):
+def test_sigterm_drains_streams_and_exits_zero(tiny_llama_4k_dir):
     server = ServerProcess(
-        tiny_args(tiny_llama_dir, "--shutdown-timeout", str(GRACE_S), "--max-model-len", "4096")
+        tiny_args(tiny_llama_4k_dir, "--shutdown-timeout", str(GRACE_S), "--max-model-len", "4096")
     ).wait_ready()
     short = {"model": "tiny", "prompt": "Short", "max_tokens": 30, "ignore_eos": True}
     endless = {"model": "tiny", "prompt": "Long", "max_tokens": 4000, "ignore_eos": True}
