@@ -33,11 +33,10 @@ RANK=${RANK:-24}
 ALPHA=${ALPHA:-48}
 APPLY_TO=${APPLY_TO:-skipping}  # gated: the adapter changes only tokens that skip; 1x = the base model
 BATCH=${BATCH:-16}
+EPOCHS=${EPOCHS:-1}  # gated: 315 steps of 16, 4,096 prompts and the ~936 copy prompts the teacher got right
 if [[ "$APPLY_TO" == skipping ]]; then
-  EPOCHS=${EPOCHS:-1}  # 315 steps of 16: 4,096 prompts and the ~936 copy prompts the teacher got right
   SPEEDUPS_TRAIN=${SPEEDUPS_TRAIN:-2,3}  # 1x batches teach a gated adapter nothing
 else
-  EPOCHS=${EPOCHS:-1}
   SPEEDUPS_TRAIN=${SPEEDUPS_TRAIN:-1,2,2,3,3}
 fi
 KL_WEIGHT=${KL_WEIGHT:-1.0}

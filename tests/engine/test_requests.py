@@ -89,7 +89,8 @@ def test_max_model_len_beyond_the_models_positions_is_refused(tiny_llama_dir):
     # The tiny model has 512 positions: a longer context would fail mid-generation instead.
     with pytest.raises(ValueError, match="max_model_len=1024 .*512 positions"):
         LLM(str(tiny_llama_dir), dtype="float32", max_model_len=1024, num_kv_blocks=64)
-    assert LLM(str(tiny_llama_dir), dtype="float32", max_model_len=512, num_kv_blocks=64)
+    at_the_limit = LLM(str(tiny_llama_dir), dtype="float32", max_model_len=512, num_kv_blocks=64)
+    assert at_the_limit.engine.max_model_len == 512
 
 
 @pytest.mark.parametrize(
